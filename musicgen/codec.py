@@ -1,0 +1,478 @@
+"""The audio codec: Hugging Face ``EncodecModel`` wrappers, a tiny offline codec and its k-means fit.
+
+Two worlds share one loading path, ``EncodecModel.from_pretrained(name_or_dir)``:
+
+* the real run loads the pretrained ``facebook/encodec_32khz`` (32 kHz mono, hop 640 = 50 frames/s,
+  4 codebooks x 2048 at 2.2 kbps);
+* the offline default builds a small ``EncodecModel`` with the same framing but random weights
+  (:func:`build_tiny_codec`), fits its codebooks by residual k-means on training audio
+  (:func:`fit_codebooks`) and saves it (:func:`save_codec`).
+
+A freshly built ``EncodecModel`` has all-zero codebooks, so every frame maps to token 0; the fit is
+what makes the tokens of the tiny codec meaningful. The encoder and decoder weights stay random.
+
+Shapes: audio is ``(B, S)`` float32 mono at the model's rate; codes are ``(B, K, T)`` int64 with
+``T = ceil(S / hop)``; latents are ``(B, D, T)`` with ``D = config.codebook_dim``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EncodecConfig, EncodecModel
+
+# Rows of the (frames x codebook) distance matrix computed at once in k-means: 1024 x 2048 floats
+# is 8 MB (cache-friendly; 2048+ rows measured ~1.5x slower on 2 cores).
+_CHUNK_ROWS = 1024
+
+
+@dataclass
+class TinyCodecConfig:
+    """Sizes of the small random-weight codec used offline.
+
+    The framing matches ``facebook/encodec_32khz``: 32 kHz, hop ``prod(upsampling_ratios) = 640``
+    samples (50 frames/s), ``n_codebooks`` codebooks of ``codebook_size`` entries.
+
+    Attributes:
+        sample_rate: audio rate in Hz.
+        upsampling_ratios: decoder upsampling ratios; the encoder downsamples in reverse order.
+        n_codebooks: number of residual codebooks.
+        codebook_size: entries per codebook (a power of 2).
+        num_filters: channels of the first convolution (doubles at each downsampling).
+        hidden_size: latent (and codebook) dimension D.
+        num_residual_layers: residual blocks per resolution.
+        seed: seed of the random weights.
+    """
+
+    sample_rate: int = 32000
+    upsampling_ratios: tuple[int, ...] = (8, 5, 4, 4)  # hop 640 -> 50 frames/s
+    n_codebooks: int = 4
+    codebook_size: int = 2048
+    num_filters: int = 8
+    hidden_size: int = 32
+    num_residual_layers: int = 1
+    seed: int = 0
+
+
+def _bits(codebook_size: int) -> float:
+    """log2 of the codebook size (bits per code)."""
+    return math.log2(codebook_size)
+
+
+def _bandwidth(n_codebooks: int, codebook_size: int, frame_rate: int) -> float:
+    """Bandwidth in kbps of ``n_codebooks`` codebooks at ``frame_rate`` frames/s (2.2 for 4 x 2048 x 50)."""
+    return n_codebooks * _bits(codebook_size) * frame_rate / 1000
+
+
+def build_tiny_codec(cfg: TinyCodecConfig) -> EncodecModel:
+    """Builds a small ``EncodecModel`` with seeded random weights and all-zero codebooks.
+
+    The global torch RNG state is left untouched.
+
+    Args:
+        cfg: the sizes.
+
+    Returns:
+        The model in eval mode. Its codebooks are still all zero: fit them with
+        :func:`fit_codebooks` before use.
+
+    Raises:
+        ValueError: if the sizes give a different number of quantizers than ``cfg.n_codebooks``.
+    """
+    hop = int(np.prod(cfg.upsampling_ratios))
+    frame_rate = math.ceil(cfg.sample_rate / hop)
+    config = EncodecConfig(
+        sampling_rate=cfg.sample_rate,
+        audio_channels=1,
+        normalize=False,
+        chunk_length_s=None,
+        overlap=None,
+        upsampling_ratios=list(cfg.upsampling_ratios),
+        num_filters=cfg.num_filters,
+        hidden_size=cfg.hidden_size,
+        num_residual_layers=cfg.num_residual_layers,
+        codebook_size=cfg.codebook_size,
+        target_bandwidths=[_bandwidth(cfg.n_codebooks, cfg.codebook_size, frame_rate)],
+        use_causal_conv=False,  # as facebook/encodec_32khz
+    )
+    if config.num_quantizers != cfg.n_codebooks:
+        raise ValueError(
+            f"codec sizes give {config.num_quantizers} quantizers, wanted {cfg.n_codebooks} "
+            f"(target_bandwidths={config.target_bandwidths}, frame_rate={config.frame_rate})"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = EncodecModel(config)
+    return model.eval()
+
+
+def _check_supported(model: EncodecModel) -> None:
+    """Raises ValueError for codec variants these wrappers do not handle (chunked, normalised, stereo)."""
+    c = model.config
+    if c.chunk_length_s is not None:
+        raise ValueError("chunked EnCodec models (chunk_length_s set, e.g. 48 kHz) are not supported")
+    if c.normalize:
+        raise ValueError("EnCodec models with normalize=True (per-clip audio_scales) are not supported")
+    if c.audio_channels != 1:
+        raise ValueError(f"only mono EnCodec models are supported, got {c.audio_channels} channels")
+
+
+def _as_audio(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Checks and converts ``(B, S)`` audio to a float32 CPU tensor."""
+    x = torch.as_tensor(np.asarray(audio) if not isinstance(audio, torch.Tensor) else audio)
+    if x.ndim != 2:
+        raise ValueError(f"audio must be (batch, samples), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError("audio has zero samples")
+    return x.to(dtype=torch.float32, device="cpu")
+
+
+def _bandwidth_for(model: EncodecModel, n_codebooks: int) -> float:
+    """The supported bandwidth to encode with so that at least ``n_codebooks`` codes come out.
+
+    The ideal bandwidth ``n_codebooks * log2(card) * frame_rate / 1000`` is used when it is in
+    ``config.target_bandwidths`` (HF rejects any other); otherwise the smallest supported bandwidth that
+    gives enough quantizers (residual codes are sequential, so the first ``n_codebooks`` are the same).
+    """
+    c = model.config
+    q = model.quantizer
+    if not 1 <= n_codebooks <= q.num_quantizers:
+        raise ValueError(f"n_codebooks must be in 1..{q.num_quantizers}, got {n_codebooks}")
+    ideal = _bandwidth(n_codebooks, c.codebook_size, c.frame_rate)
+    supported = sorted(float(b) for b in c.target_bandwidths)
+    for bw in supported:
+        if math.isclose(bw, ideal, rel_tol=1e-9) and q.get_num_quantizers_for_bandwidth(bw) >= n_codebooks:
+            return bw
+    for bw in supported:
+        if min(q.get_num_quantizers_for_bandwidth(bw), q.num_quantizers) >= n_codebooks:
+            return bw
+    raise ValueError(f"no bandwidth in {supported} gives {n_codebooks} codebooks")
+
+
+def n_frames(n_samples: int, hop: int = 640) -> int:
+    """Number of codec frames for ``n_samples`` samples: ``ceil(n_samples / hop)``."""
+    return -(-n_samples // hop)
+
+
+def encode(
+    model: EncodecModel,
+    audio: torch.Tensor | np.ndarray,
+    n_codebooks: int = 4,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Encodes audio to codec tokens.
+
+    Args:
+        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``).
+        audio: ``(B, S)`` float32 mono audio at ``model.config.sampling_rate``.
+        n_codebooks: K, the number of residual codebooks to keep.
+        batch_size: clips per encoder call. On CPU small batches of long clips are faster
+            (activations stay in cache): for 10-s clips 1-2 beat 8-16.
+
+    Returns:
+        ``(B, K, T)`` int64 codes with ``T = ceil(S / hop)``.
+    """
+    _check_supported(model)
+    x = _as_audio(audio)
+    bw = _bandwidth_for(model, n_codebooks)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size, None, :]
+            enc = model.encode(batch, bandwidth=bw, return_dict=True)
+            codes = enc.audio_codes  # (chunks=1, b, K', T)
+            out.append(codes[0, :, :n_codebooks].to(torch.int64))
+    if not out:
+        return torch.zeros(0, n_codebooks, n_frames(x.shape[1], model.config.hop_length), dtype=torch.int64)
+    return torch.cat(out).clone()
+
+
+def decode(model: EncodecModel, codes: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:
+    """Decodes codec tokens to audio.
+
+    Args:
+        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``).
+        codes: ``(B, K, T)`` integer codes; K may be fewer than the model's quantizers.
+        batch_size: clips per decoder call.
+
+    Returns:
+        ``(B, T * hop)`` float32 audio.
+    """
+    _check_supported(model)
+    codes = torch.as_tensor(codes).to(dtype=torch.int64, device="cpu")
+    if codes.ndim != 3:
+        raise ValueError(f"codes must be (batch, codebooks, frames), got shape {tuple(codes.shape)}")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, codes.shape[0], batch_size):
+            batch = codes[None, start : start + batch_size]  # (chunks=1, b, K, T)
+            audio = model.decode(batch, audio_scales=[None], return_dict=True).audio_values
+            out.append(audio[:, 0].float())
+    if not out:
+        return torch.zeros(0, codes.shape[2] * model.config.hop_length)
+    return torch.cat(out).clone()
+
+
+def save_codec(model: EncodecModel, out_dir: Path) -> None:
+    """Saves the codec with ``save_pretrained`` (``config.json`` + ``model.safetensors``).
+
+    Args:
+        model: the codec.
+        out_dir: the directory (created if missing).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    if not (out_dir / "model.safetensors").is_file():
+        raise RuntimeError(f"save_pretrained did not write {out_dir / 'model.safetensors'}")
+
+
+def load_codec(name_or_dir: str) -> EncodecModel:
+    """Loads a codec with ``EncodecModel.from_pretrained`` in float32, eval mode.
+
+    Args:
+        name_or_dir: a local directory written by :func:`save_codec` or a hub id such as
+            ``facebook/encodec_32khz`` (needs the hub cache or network).
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: if the directory or hub model cannot be found.
+    """
+    path = Path(name_or_dir)
+    looks_local = path.is_absolute() or str(name_or_dir).startswith(".") or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"codec directory {name_or_dir!r} has no config.json; build it with the codec stage "
+            "(build_tiny_codec + fit_codebooks + save_codec) or give a hub id"
+        )
+    try:
+        model = EncodecModel.from_pretrained(str(name_or_dir), dtype=torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load codec {name_or_dir!r}: not a local directory with config.json and not in "
+            f"the Hugging Face cache (offline?). Original error: {err}"
+        ) from err
+    return model.eval()
+
+
+def codebook_usage(codes: np.ndarray, codebook_size: int) -> dict:
+    """Per-codebook usage statistics of a code array.
+
+    Args:
+        codes: ``(N, K, T)`` integer codes.
+        codebook_size: entries per codebook.
+
+    Returns:
+        ``{"codebook_<i>_distinct": int, "codebook_<i>_entropy_bits": float}`` for each i, plus
+        ``"distinct_mean"``, ``"entropy_bits_mean"`` (means over codebooks) and ``"frames"`` (N * T).
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 3:
+        raise ValueError(f"codes must be (N, K, T), got shape {codes.shape}")
+    n, k, t = codes.shape
+    stats: dict = {}
+    distinct, entropy = [], []
+    for i in range(k):
+        counts = np.bincount(codes[:, i, :].reshape(-1).astype(np.int64), minlength=codebook_size)
+        total = counts.sum()
+        p = counts[counts > 0] / total if total else np.zeros(0)
+        h = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+        distinct.append(int((counts > 0).sum()))
+        entropy.append(h)
+        stats[f"codebook_{i}_distinct"] = distinct[-1]
+        stats[f"codebook_{i}_entropy_bits"] = h
+    stats["distinct_mean"] = float(np.mean(distinct)) if k else 0.0
+    stats["entropy_bits_mean"] = float(np.mean(entropy)) if k else 0.0
+    stats["frames"] = int(n * t)
+    return stats
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each row, chunked.
+
+    Args:
+        x: ``(n, D)`` float32 points.
+        centroids: ``(k, D)`` float32 centroids.
+
+    Returns:
+        ``(n,)`` int64 indices and ``(n,)`` float32 squared distances (clamped at 0).
+    """
+    c_t = centroids.t().contiguous()
+    c_sq = centroids.pow(2).sum(1)
+    idx = torch.empty(x.shape[0], dtype=torch.int64)
+    dist = torch.empty(x.shape[0], dtype=torch.float32)
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        xs = x[start : start + _CHUNK_ROWS]
+        d = torch.addmm(c_sq, xs, c_t, beta=1.0, alpha=-2.0)  # ||c||^2 - 2 x.c
+        best, arg = d.min(dim=1)
+        idx[start : start + xs.shape[0]] = arg
+        dist[start : start + xs.shape[0]] = (best + xs.pow(2).sum(1)).clamp_min(0.0)
+    return idx, dist
+
+
+def _init_centroids(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Picks k distinct random rows of ``x`` (repeats only if there are fewer than k distinct rows).
+
+    Args:
+        x: ``(n, D)`` points.
+        k: number of centroids.
+        gen: seeded generator.
+
+    Returns:
+        ``(k, D)`` float32 centroids.
+    """
+    perm = torch.randperm(x.shape[0], generator=gen)
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)
+    # position in `perm` of each point; the first occurrence of each distinct row in perm order
+    pos = torch.empty_like(perm)
+    pos[perm] = torch.arange(perm.numel())
+    first = torch.full((int(inverse.max()) + 1,), perm.numel(), dtype=torch.int64)
+    first = first.scatter_reduce(0, inverse, pos, reduce="amin")
+    chosen = perm[first.sort().values]  # distinct rows, in random order
+    if chosen.numel() < k:  # fewer distinct rows than k: pad with repeats (they stay unused)
+        chosen = torch.cat([chosen, perm[: k - chosen.numel()]])
+    return x[chosen[:k]].clone()
+
+
+def _kmeans(
+    x: torch.Tensor, k: int, n_iter: int, gen: torch.Generator, log_prefix: str | None = None
+) -> torch.Tensor:
+    """Lloyd's k-means with deterministic re-seeding of empty clusters.
+
+    Each iteration assigns every point to its nearest centroid, moves each non-empty centroid to
+    the mean of its points (summed in float64), and re-seeds the empty ones with the points farthest
+    from their centroid (largest first; ties by index).
+
+    Args:
+        x: ``(n, D)`` float32 points.
+        k: number of clusters.
+        n_iter: Lloyd iterations.
+        gen: seeded generator (used for the initialisation).
+        log_prefix: if given, one progress line per iteration goes to stderr.
+
+    Returns:
+        ``(k, D)`` float32 centroids.
+    """
+    centroids = _init_centroids(x, k, gen)
+    x64 = x.double()
+    for it in range(n_iter):
+        assign, dist = _nearest(x, centroids)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, assign, x64)
+        filled = counts > 0
+        new = centroids.clone()
+        new[filled] = (sums[filled] / counts[filled, None]).float()
+        empty = torch.nonzero(~filled).flatten()
+        if empty.numel():
+            far = torch.sort(dist, descending=True, stable=True).indices[: empty.numel()]
+            new[empty[: far.numel()]] = x[far]
+        centroids = new
+        if log_prefix is not None:
+            print(
+                f"{log_prefix} iter {it + 1}/{n_iter}: mse {dist.mean().item():.4g}, "
+                f"used {int(filled.sum())}/{k}, re-seeded {empty.numel()}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return centroids
+
+
+def _latents(model: EncodecModel, audio: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Encoder output (before quantization), as HF's encode computes it.
+
+    Args:
+        model: the codec (not chunked, ``normalize=False``).
+        audio: ``(N, S)`` float32.
+        batch_size: clips per encoder call.
+
+    Returns:
+        ``(N, D, T)`` float32 latents.
+    """
+    out = []
+    with torch.inference_mode():
+        for start in range(0, audio.shape[0], batch_size):
+            out.append(model.encoder(audio[start : start + batch_size, None, :]))
+    return torch.cat(out)
+
+
+def _set_codebook(codebook: torch.nn.Module, centroids: torch.Tensor, counts: torch.Tensor) -> None:
+    """Writes fitted centroids into an ``EncodecEuclideanCodebook``'s buffers.
+
+    Buffers, as HF defines them (EMA state of the original EnCodec training): ``embed`` (k, D) the
+    codewords, ``cluster_size`` (k,) the assignment counts, ``embed_avg`` (k, D) the sums of the
+    assigned vectors (``embed * cluster_size``), ``inited`` (1,) = 1.
+    """
+    with torch.no_grad():
+        codebook.embed.copy_(centroids)
+        codebook.cluster_size.copy_(counts.to(codebook.cluster_size.dtype))
+        codebook.embed_avg.copy_(centroids * counts[:, None].to(centroids.dtype))
+        codebook.inited.fill_(1.0)
+
+
+def fit_codebooks(
+    model: EncodecModel,
+    audio: np.ndarray,
+    n_iter: int = 10,
+    max_frames: int = 200_000,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Fits the codec's codebooks by residual k-means on the encoder latents of ``audio``.
+
+    The encoder runs without grad to get the ``(frames, D)`` latents; at most ``max_frames`` of
+    them are subsampled with a ``torch.Generator`` seeded with ``seed``. Then, for each codebook in
+    turn, k-means (k = codebook size, ``n_iter`` iterations, initialised from distinct random
+    frames, empty clusters re-seeded from the points farthest from their centroid) runs on the
+    residual, the assigned centroid is subtracted, and the centroids are written into
+    ``model.quantizer.layers[i].codebook`` (``embed``, ``embed_avg``, ``cluster_size``,
+    ``inited``), so that encode, decode and save/load use them. Deterministic on CPU: the same
+    inputs give bit-identical codebooks.
+
+    Args:
+        model: the codec to modify in place (its encoder and decoder are unchanged).
+        audio: ``(N, S)`` float32 audio at the model's rate.
+        n_iter: k-means iterations per codebook.
+        max_frames: cap on the number of frames used for the fit.
+        seed: seed of the subsampling and initialisation.
+        batch_size: clips per encoder call.
+        progress: print one line per k-means iteration to stderr.
+
+    Returns:
+        :func:`codebook_usage` statistics of ALL frames of ``audio`` encoded with the fitted codec.
+    """
+    _check_supported(model)
+    x = _as_audio(audio)
+    latents = _latents(model, x, batch_size)  # (N, D, T)
+    frames = latents.permute(0, 2, 1).reshape(-1, latents.shape[1]).contiguous()  # (N*T, D)
+    gen = torch.Generator().manual_seed(seed)
+    if frames.shape[0] > max_frames:
+        keep = torch.randperm(frames.shape[0], generator=gen)[:max_frames].sort().values
+        residual = frames[keep].clone()
+    else:
+        residual = frames.clone()
+    layers = model.quantizer.layers
+    k = model.config.codebook_size
+    if residual.shape[0] < k and progress:
+        print(f"fit_codebooks: only {residual.shape[0]} frames for {k} codes", file=sys.stderr)
+    for i, layer in enumerate(layers):
+        prefix = f"codebook {i + 1}/{len(layers)}" if progress else None
+        centroids = _kmeans(residual, k, n_iter, gen, prefix)
+        assign, _ = _nearest(residual, centroids)
+        _set_codebook(layer.codebook, centroids, torch.bincount(assign, minlength=k))
+        residual = residual - centroids[assign]
+    with torch.inference_mode():
+        codes = torch.cat(
+            [
+                model.quantizer.encode(latents[s : s + batch_size]).transpose(0, 1)
+                for s in range(0, latents.shape[0], batch_size)
+            ]
+        )  # (N, K, T), as HF's encode at full bandwidth
+    return codebook_usage(codes.numpy(), k)

@@ -1,0 +1,292 @@
+"""The MusicGen language model over codebook patterns.
+
+Architecture as in MusicGen (audiocraft ``LMModel``, Hugging Face ``MusicgenForCausalLM``): one
+embedding table per codebook (``card + 1`` rows; id ``card`` is the special token), summed, plus
+sinusoidal positions; pre-norm blocks of causal self-attention, cross-attention to the projected text
+states and a GELU feed-forward; a final LayerNorm; one linear head per codebook.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from musicgen.patterns import Pattern, make_pattern
+
+PRESETS: dict[str, dict[str, int]] = {
+    # name: width, heads, layers, feed-forward width
+    "tiny": dict(d_model=128, n_heads=4, n_layers=3, ffn_dim=512),  # tests, embedded default
+    "seed1": dict(d_model=1024, n_heads=8, n_layers=8, ffn_dim=2048),  # the seed's MusicGen-1
+    "seed2": dict(d_model=2048, n_heads=16, n_layers=16, ffn_dim=4096),
+    "small": dict(d_model=1024, n_heads=16, n_layers=24, ffn_dim=4096),  # musicgen-small
+    "medium": dict(d_model=1536, n_heads=24, n_layers=48, ffn_dim=6144),
+    "large": dict(d_model=2048, n_heads=32, n_layers=48, ffn_dim=8192),
+}
+
+
+@dataclass
+class LMConfig:
+    n_codebooks: int = 4  # K, EnCodec 32 kHz at 2.2 kbps
+    card: int = 2048  # codebook size; id `card` is the special (start / empty / pad) token
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 3
+    ffn_dim: int = 512
+    text_dim: int = 768  # width of the text encoder's states (t5-base: 768)
+    dropout: float = 0.0
+    pattern: str = "delay"  # delay | parallel | unroll | coarse_first
+    delays: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # for `delay`
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> LMConfig:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown LM preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """MusicGen's sinusoidal embedding, ``[cos, sin]`` halves.
+
+    Args:
+        positions: (S,) integer positions.
+        dim: the embedding width (even).
+
+    Returns:
+        (S, dim) float32.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    angles = positions.float().unsqueeze(1) * freqs.to(positions.device).unsqueeze(0)  # (S, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class KVCache:
+    """Self-attention keys and values for each layer, preallocated to ``max_len`` steps."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.length = 0  # steps written so far
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
+        self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases, as in MusicGen."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) -> (B, H, S, D / H)."""
+        B, S, _ = x.shape
+        return x.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Scaled dot-product attention over heads; returns (B, S, D)."""
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        B, H, S, hd = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, S, H * hd))
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.cross_attn_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        self.final_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def self_attention(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        a = self.self_attn
+        q, k, v = a.heads(a.q_proj(x)), a.heads(a.k_proj(x)), a.heads(a.v_proj(x))
+        if cache is None:
+            return a.attend(q, k, v, is_causal=True)
+        start, n = cache.length, x.shape[1]
+        cache.k[layer][:, :, start : start + n] = k
+        cache.v[layer][:, :, start : start + n] = v
+        k, v = cache.k[layer][:, :, : start + n], cache.v[layer][:, :, : start + n]
+        if n == 1:
+            return a.attend(q, k, v)
+        causal = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
+        return a.attend(q, k, v, mask=causal)
+
+    def cross_attention(self, x: torch.Tensor, memory: torch.Tensor | None,
+                        memory_mask: torch.Tensor | None, cache: KVCache | None, layer: int
+                        ) -> torch.Tensor:
+        a = self.cross_attn
+        if cache is not None and len(cache.cross) > layer:
+            k, v = cache.cross[layer]
+            mask = cache.cross_mask
+        else:
+            k, v = a.heads(a.k_proj(memory)), a.heads(a.v_proj(memory))
+            mask = memory_mask[:, None, None, :]  # (B, 1, 1, L)
+            if cache is not None:
+                cache.cross.append((k, v))
+                cache.cross_mask = mask
+        return a.attend(a.heads(a.q_proj(x)), k, v, mask=mask)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, memory_mask: torch.Tensor | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop(self.self_attention(self.self_attn_layer_norm(x), cache, layer))
+        x = x + self.drop(self.cross_attention(self.cross_attn_layer_norm(x), memory, memory_mask,
+                                               cache, layer))
+        h = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        return x + self.drop(h)
+
+
+def null_condition(cond: torch.Tensor, cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The condition of classifier-free guidance's unconditional rows: zero states.
+
+    One position is left attendable so that attention stays defined; as every key is the same, the
+    result equals attending uniformly over an all-zero sequence.
+
+    Args:
+        cond: (B, L, D) text states.
+        cond_mask: (B, L) bool, True for real tokens.
+    """
+    mask = torch.zeros_like(cond_mask)
+    mask[:, 0] = True
+    return torch.zeros_like(cond), mask
+
+
+def drop_condition(cond: torch.Tensor, cond_mask: torch.Tensor, drop: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replaces the rows where ``drop`` (B,) is True by the null condition."""
+    null, null_mask = null_condition(cond, cond_mask)
+    cond = torch.where(drop[:, None, None], null, cond)
+    return cond, torch.where(drop[:, None], null_mask, cond_mask)
+
+
+def masked_codebook_ce(logits: torch.Tensor, codes: torch.Tensor,
+                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy per codebook over valid frames.
+
+    Args:
+        logits: (B, K, T, card).
+        codes: (B, K, T) targets.
+        frame_mask: (B, T) bool, True for real (unpadded) frames; None means all.
+
+    Returns:
+        (K,) mean cross-entropy of each codebook in nats.
+    """
+    B, K, T, card = logits.shape
+    ce = F.cross_entropy(logits.reshape(-1, card).float(), codes.reshape(-1), reduction="none")
+    ce = ce.view(B, K, T)
+    if frame_mask is None:
+        return ce.mean(dim=(0, 2))
+    w = frame_mask[:, None, :].to(ce.dtype).expand(B, K, T)
+    return (ce * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp(min=1)
+
+
+class LM(nn.Module):
+    """A transformer LM over a codebook pattern, conditioned on text states by cross-attention."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.ModuleList(nn.Embedding(cfg.card + 1, cfg.d_model) for _ in range(cfg.n_codebooks))
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.heads = nn.ModuleList(
+            nn.Linear(cfg.d_model, cfg.card, bias=False) for _ in range(cfg.n_codebooks)
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def special(self) -> int:
+        return self.cfg.card
+
+    def pattern(self, n_frames: int) -> Pattern:
+        return make_pattern(self.cfg.pattern, self.cfg.n_codebooks, n_frames, self.cfg.delays)
+
+    def embed_steps(self, seq: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Summed codebook embeddings plus positions: (B, K, S) -> (B, S, D)."""
+        x = sum(emb(seq[:, k]) for k, emb in enumerate(self.embed))
+        pos = torch.arange(offset, offset + seq.shape[2], device=seq.device)
+        return x + sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
+
+    def hidden_steps(self, seq: torch.Tensor, memory: torch.Tensor | None,
+                     memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        """The transformer over input steps, up to the final norm.
+
+        Args:
+            seq: (B, K, S) input tokens.
+            memory: (B, L, D) projected text states (None when cached).
+            memory_mask: (B, L) bool.
+            cache: the KV cache for incremental decoding, or None.
+
+        Returns:
+            (B, S, D) hidden states.
+        """
+        x = self.embed_steps(seq, cache.length if cache is not None else 0)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, memory_mask, cache, i)
+        if cache is not None:
+            cache.length += seq.shape[2]
+        return self.norm(x)
+
+    def decode_steps(self, seq: torch.Tensor, memory: torch.Tensor | None,
+                     memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, K, S, card) of every codebook at every input step (see ``hidden_steps``)."""
+        h = self.hidden_steps(seq, memory, memory_mask, cache)
+        return torch.stack([head(h) for head in self.heads], dim=1)
+
+    def forward(self, codes: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass over a pattern.
+
+        Args:
+            codes: (B, K, T) codes.
+            cond: (B, L, text_dim) text states.
+            cond_mask: (B, L) bool, True for real tokens.
+            frame_mask: (B, T) bool, True for real frames (None: all).
+
+        Returns:
+            logits (B, K, T, card) per frame, and (K,) cross-entropy per codebook; the training loss
+            is its mean.
+        """
+        pattern = self.pattern(codes.shape[2])
+        seq = pattern.build(codes, self.special)  # (B, K, S)
+        start = torch.full_like(seq[:, :, :1], self.special)
+        inputs = torch.cat([start, seq[:, :, :-1]], dim=2)  # step s sees the sequence up to s - 1
+        h = self.hidden_steps(inputs, self.text_proj(cond), cond_mask)  # (B, S, D)
+        inv = pattern.inverse().to(h.device)  # (K, T): the step of each (k, t)
+        # Heads only where the pattern puts codes: the same as reverting full logits, cheaper.
+        logits = torch.stack([head(h[:, inv[k]]) for k, head in enumerate(self.heads)], dim=1)
+        return logits, masked_codebook_ce(logits, codes, frame_mask)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        cfg = self.cfg
+        return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, max_len, device, dtype)

@@ -1,0 +1,151 @@
+"""The text conditioner: a frozen T5 encoder, its tokenizer, and word dropout.
+
+The real run loads ``t5-base`` by hub id; the embedded default builds a small T5 encoder from a
+``T5Config`` with random weights and a Unigram tokenizer trained on the training captions. Both are
+saved with ``save_pretrained`` and loaded back through :func:`load_text_encoder`, one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
+
+from musicgen.data.splits import unit_hash
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
+
+
+@dataclass
+class TinyT5Config:
+    vocab_size: int = 1000  # the Unigram tokenizer's size
+    d_model: int = 64  # width of the encoder (t5-base: 768)
+    d_ff: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    seed: int = 0
+
+
+def train_tokenizer(captions: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """Trains a T5-like Unigram tokenizer (Metaspace, lowercase-free) on ``captions``.
+
+    Returns:
+        a fast tokenizer with ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2 that appends ``</s>``.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(captions, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_t5(cfg: TinyT5Config, vocab_size: int) -> T5EncoderModel:
+    """A T5 encoder with seeded random weights."""
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=cfg.d_model,
+        d_kv=cfg.d_model // cfg.n_heads,
+        d_ff=cfg.d_ff,
+        num_layers=cfg.n_layers,
+        num_heads=cfg.n_heads,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(cfg.seed)
+    return T5EncoderModel(config).eval()
+
+
+def load_text_encoder(name_or_dir: str | Path) -> tuple[PreTrainedTokenizerBase, T5EncoderModel]:
+    """Loads a tokenizer and a frozen T5 encoder by hub id (e.g. ``t5-base``) or local directory."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
+        model = T5EncoderModel.from_pretrained(str(name_or_dir))
+    except OSError as e:
+        raise OSError(
+            f"could not load a T5 encoder from '{name_or_dir}': give a local directory written by "
+            "save_pretrained, or a hub id with network access"
+        ) from e
+    model.eval().requires_grad_(False)
+    return tokenizer, model
+
+
+def save_text_encoder(tokenizer: PreTrainedTokenizerBase, model: T5EncoderModel, out_dir: Path) -> None:
+    """Saves both with ``save_pretrained`` (safetensors)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def first_words(text: str, max_words: int) -> list[str]:
+    """The whitespace-separated words of ``text``, at most ``max_words`` of them."""
+    return text.split()[:max_words]
+
+
+def word_dropout(words: list[str], p: float, rng: np.random.Generator) -> list[str]:
+    """Drops each word with probability ``p``, keeping at least one."""
+    if p <= 0 or not words:
+        return words
+    keep = rng.random(len(words)) >= p
+    if not keep.any():
+        keep[rng.integers(len(words))] = True
+    return [w for w, k in zip(words, keep, strict=True) if k]
+
+
+def caption_variants(
+    ytid: str, caption: str, n_variants: int, p: float, max_words: int, seed: int
+) -> list[str]:
+    """Variant 0 is the caption's first ``max_words`` words; variants 1.. apply word dropout.
+
+    The randomness is seeded by ``(seed, ytid, variant)``, so a clip's variants do not depend on the
+    other clips.
+    """
+    words = first_words(caption, max_words)
+    out = [" ".join(words)]
+    for v in range(1, n_variants):
+        rng = np.random.default_rng([seed, int(unit_hash(ytid, seed) * 2**32), v])
+        out.append(" ".join(word_dropout(words, p, rng)))
+    return out
+
+
+@torch.inference_mode()
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    model: T5EncoderModel,
+    texts: list[str],
+    batch_size: int = 32,
+    max_tokens: int = 512,
+    progress: bool = True,
+) -> list[np.ndarray]:
+    """Encodes texts with the frozen T5 encoder.
+
+    Returns:
+        one float16 array (L_i, D) per text, holding only its real (unpadded) tokens.
+    """
+    out: list[np.ndarray] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="encode_text", disable=not progress):
+        batch = tokenizer(
+            texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
+            max_length=max_tokens,
+        )
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        states = hidden.last_hidden_state.float().numpy()  # (B, L, D)
+        for row, n in zip(states, batch["attention_mask"].sum(1).tolist(), strict=True):
+            out.append(row[:n].astype(np.float16))
+    return out

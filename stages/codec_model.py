@@ -1,0 +1,24 @@
+"""Stage codec_model: the EnCodec codec (a hub id or a tiny one with k-means-fitted codebooks)."""
+
+import argparse
+from pathlib import Path
+
+from musicgen import pipeline
+from musicgen.params import load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--audio", type=Path, required=True)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    args = ap.parse_args()
+    params = load_params(args.params)
+    pipeline.codec_model(params["codec"], params["resample"]["sample_rate"], args.audio, args.split,
+                         args.out, args.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Stage tokenize: EnCodec codes (N, K, T) int16 of every clip in a split."""
+
+import argparse
+from pathlib import Path
+
+from musicgen import pipeline
+from musicgen.params import load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--audio", type=Path, required=True)
+    ap.add_argument("--codec", type=Path, required=True)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    params = load_params(args.params)
+    pipeline.tokenize(params["tokenize"], params["resample"]["sample_rate"],
+                      params["codec"]["n_codebooks"], args.audio, args.codec, args.split, args.out)
+
+
+if __name__ == "__main__":
+    main()

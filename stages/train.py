@@ -1,0 +1,30 @@
+"""Stage train: the LM, trained on tokens and text states; EMA weights, metrics and curves."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from musicgen import pipeline
+from musicgen.params import load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--tokens", type=Path, required=True)
+    ap.add_argument("--text", type=Path, required=True)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--codec", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--plots", type=Path, required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    pipeline.train(params["lm"], params["train"], args.tokens, args.text, args.split, args.codec,
+                   args.out, args.checkpoint, args.metrics, args.plots)
+
+
+if __name__ == "__main__":
+    main()
