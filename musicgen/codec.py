@@ -1,4 +1,4 @@
-"""The audio codec: Hugging Face ``EncodecModel`` wrappers, a tiny offline codec and its k-means fit.
+"""The audio codec: HF ``EncodecModel`` wrappers, a tiny offline codec and its k-means fit.
 
 Two worlds share one loading path, ``EncodecModel.from_pretrained(name_or_dir)``:
 
@@ -65,7 +65,10 @@ def _bits(codebook_size: int) -> float:
 
 
 def _bandwidth(n_codebooks: int, codebook_size: int, frame_rate: int) -> float:
-    """Bandwidth in kbps of ``n_codebooks`` codebooks at ``frame_rate`` frames/s (2.2 for 4 x 2048 x 50)."""
+    """Bandwidth in kbps of ``n_codebooks`` codebooks at ``frame_rate`` frames/s.
+
+    2.2 for 4 codebooks x 2048 entries x 50 frames/s.
+    """
     return n_codebooks * _bits(codebook_size) * frame_rate / 1000
 
 
@@ -78,8 +81,8 @@ def build_tiny_codec(cfg: TinyCodecConfig) -> EncodecModel:
         cfg: the sizes.
 
     Returns:
-        The model in eval mode. Its codebooks are still all zero: fit them with
-        :func:`fit_codebooks` before use.
+        The model in eval mode, encoder re-initialised by :func:`_reinit_encoder`. Its codebooks
+        are still all zero (every frame encodes to token 0): fit them with :func:`fit_codebooks`.
 
     Raises:
         ValueError: if the sizes give a different number of quantizers than ``cfg.n_codebooks``.
@@ -108,16 +111,61 @@ def build_tiny_codec(cfg: TinyCodecConfig) -> EncodecModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = EncodecModel(config)
+    _reinit_encoder(model, torch.Generator().manual_seed(cfg.seed))
     return model.eval()
 
 
+def _reinit_encoder(model: EncodecModel, gen: torch.Generator) -> None:
+    """Gives the encoder's convolutions variance-preserving weights and zero biases.
+
+    HF's ``_init_weights`` means to draw conv weights from ``kaiming_normal_``, but the convs are
+    weight-normed (``parametrizations.weight.original0/1``), so what they actually get is
+    PyTorch's default ``kaiming_uniform_(a=sqrt(5))`` (std ``1/sqrt(3 fan_in)``) plus random biases.
+    Through the ~16 convs of the encoder the audio-dependent part of the latent then shrinks to
+    ~2e-4 per dim on top of a ~0.03 bias offset, which float32 cannot resolve: HF's quantizer
+    (``|x|^2 - 2 x.e + |e|^2``) then picks the wrong code for ~2/3 of frames and the codes change
+    with the batch size. Kaiming-normal weights (gain sqrt(2), i.e. std ``sqrt(2 / fan_in)``) and
+    zero biases make the latent scale with the audio (silence -> 0) with per-dim std ~1. The
+    decoder keeps HF's init.
+    """
+    with torch.no_grad():
+        for conv in model.encoder.modules():
+            if not isinstance(conv, torch.nn.Conv1d):
+                continue
+            fan_in = conv.in_channels * conv.kernel_size[0] // conv.groups
+            shape = (conv.out_channels, conv.in_channels // conv.groups, conv.kernel_size[0])
+            weight = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+            conv.weight = weight  # through weight_norm's right_inverse when parametrized
+            if conv.bias is not None:
+                conv.bias.zero_()
+
+
+def _batch_invariant(fn, batch: torch.Tensor) -> torch.Tensor:
+    """Calls ``fn(batch)`` so that each row's result does not depend on the batch it is in.
+
+    On CPU the encoder's convolutions take a different kernel for batch size 1 than for >= 2
+    (measured: bit-identical latents for any batch >= 2, not for 1), and the fine residual
+    codebooks flip for a few % of frames. A lone clip is therefore run duplicated.
+
+    Args:
+        fn: maps ``(b, ...)`` to ``(b, ...)``.
+        batch: ``(b, ...)`` input.
+
+    Returns:
+        ``fn(batch)``.
+    """
+    if batch.shape[0] != 1:
+        return fn(batch)
+    return fn(batch.expand(2, *batch.shape[1:]).contiguous())[:1]
+
+
 def _check_supported(model: EncodecModel) -> None:
-    """Raises ValueError for codec variants these wrappers do not handle (chunked, normalised, stereo)."""
+    """Raises ValueError for codec variants not handled here (chunked, normalised, stereo)."""
     c = model.config
     if c.chunk_length_s is not None:
-        raise ValueError("chunked EnCodec models (chunk_length_s set, e.g. 48 kHz) are not supported")
+        raise ValueError("chunked EnCodec models (chunk_length_s set, e.g. 48 kHz) are unsupported")
     if c.normalize:
-        raise ValueError("EnCodec models with normalize=True (per-clip audio_scales) are not supported")
+        raise ValueError("EnCodec models with normalize=True (per-clip audio_scales) unsupported")
     if c.audio_channels != 1:
         raise ValueError(f"only mono EnCodec models are supported, got {c.audio_channels} channels")
 
@@ -136,8 +184,9 @@ def _bandwidth_for(model: EncodecModel, n_codebooks: int) -> float:
     """The supported bandwidth to encode with so that at least ``n_codebooks`` codes come out.
 
     The ideal bandwidth ``n_codebooks * log2(card) * frame_rate / 1000`` is used when it is in
-    ``config.target_bandwidths`` (HF rejects any other); otherwise the smallest supported bandwidth that
-    gives enough quantizers (residual codes are sequential, so the first ``n_codebooks`` are the same).
+    ``config.target_bandwidths`` (HF rejects any other); otherwise the smallest supported bandwidth
+    that gives enough quantizers (residual codes are sequential, so the first ``n_codebooks`` codes
+    are the same).
     """
     c = model.config
     q = model.quantizer
@@ -146,7 +195,8 @@ def _bandwidth_for(model: EncodecModel, n_codebooks: int) -> float:
     ideal = _bandwidth(n_codebooks, c.codebook_size, c.frame_rate)
     supported = sorted(float(b) for b in c.target_bandwidths)
     for bw in supported:
-        if math.isclose(bw, ideal, rel_tol=1e-9) and q.get_num_quantizers_for_bandwidth(bw) >= n_codebooks:
+        enough = q.get_num_quantizers_for_bandwidth(bw) >= n_codebooks
+        if math.isclose(bw, ideal, rel_tol=1e-9) and enough:
             return bw
     for bw in supported:
         if min(q.get_num_quantizers_for_bandwidth(bw), q.num_quantizers) >= n_codebooks:
@@ -171,8 +221,9 @@ def encode(
         model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``).
         audio: ``(B, S)`` float32 mono audio at ``model.config.sampling_rate``.
         n_codebooks: K, the number of residual codebooks to keep.
-        batch_size: clips per encoder call. On CPU small batches of long clips are faster
-            (activations stay in cache): for 10-s clips 1-2 beat 8-16.
+        batch_size: clips per encoder call. The codes do not depend on it (a lone clip is run
+            duplicated, see :func:`_batch_invariant`). On CPU small batches of long clips are
+            faster (activations stay in cache): for 10-s clips 2 is ~2x faster than 16.
 
     Returns:
         ``(B, K, T)`` int64 codes with ``T = ceil(S / hop)``.
@@ -184,11 +235,13 @@ def encode(
     with torch.inference_mode():
         for start in range(0, x.shape[0], batch_size):
             batch = x[start : start + batch_size, None, :]
-            enc = model.encode(batch, bandwidth=bw, return_dict=True)
-            codes = enc.audio_codes  # (chunks=1, b, K', T)
-            out.append(codes[0, :, :n_codebooks].to(torch.int64))
+            codes = _batch_invariant(
+                lambda b: model.encode(b, bandwidth=bw, return_dict=True).audio_codes[0], batch
+            )  # HF returns (chunks=1, b, K', T)
+            out.append(codes[:, :n_codebooks].to(torch.int64))
     if not out:
-        return torch.zeros(0, n_codebooks, n_frames(x.shape[1], model.config.hop_length), dtype=torch.int64)
+        t = n_frames(x.shape[1], model.config.hop_length)
+        return torch.zeros(0, n_codebooks, t, dtype=torch.int64)
     return torch.cat(out).clone()
 
 
@@ -206,7 +259,7 @@ def decode(model: EncodecModel, codes: torch.Tensor, *, batch_size: int = 8) -> 
     _check_supported(model)
     codes = torch.as_tensor(codes).to(dtype=torch.int64, device="cpu")
     if codes.ndim != 3:
-        raise ValueError(f"codes must be (batch, codebooks, frames), got shape {tuple(codes.shape)}")
+        raise ValueError(f"codes must be (batch, codebooks, frames), got {tuple(codes.shape)}")
     out = []
     with torch.inference_mode():
         for start in range(0, codes.shape[0], batch_size):
@@ -271,7 +324,8 @@ def codebook_usage(codes: np.ndarray, codebook_size: int) -> dict:
 
     Returns:
         ``{"codebook_<i>_distinct": int, "codebook_<i>_entropy_bits": float}`` for each i, plus
-        ``"distinct_mean"``, ``"entropy_bits_mean"`` (means over codebooks) and ``"frames"`` (N * T).
+        ``"distinct_mean"``, ``"entropy_bits_mean"`` (means over codebooks) and ``"frames"``
+        (N * T).
     """
     codes = np.asarray(codes)
     if codes.ndim != 3:
@@ -398,7 +452,7 @@ def _latents(model: EncodecModel, audio: torch.Tensor, batch_size: int) -> torch
     out = []
     with torch.inference_mode():
         for start in range(0, audio.shape[0], batch_size):
-            out.append(model.encoder(audio[start : start + batch_size, None, :]))
+            out.append(_batch_invariant(model.encoder, audio[start : start + batch_size, None, :]))
     return torch.cat(out)
 
 
@@ -424,6 +478,7 @@ def fit_codebooks(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    codes_used: int | None = None,
 ) -> dict:
     """Fits the codec's codebooks by residual k-means on the encoder latents of ``audio``.
 
@@ -442,8 +497,13 @@ def fit_codebooks(
         n_iter: k-means iterations per codebook.
         max_frames: cap on the number of frames used for the fit.
         seed: seed of the subsampling and initialisation.
-        batch_size: clips per encoder call.
+        batch_size: clips per encoder call; the result does not depend on it. For 10-s clips on
+            2 CPU cores 2 is ~2x faster than 16 in the encoder pass.
         progress: print one line per k-means iteration to stderr.
+        codes_used: k of the k-means (default: the codebook size). With fewer, the remaining
+            entries repeat the fitted centroids, so the encoder never picks them and any code the
+            LM samples still decodes to a fitted point; tokens get coarser and easier to model
+            from little data.
 
     Returns:
         :func:`codebook_usage` statistics of ALL frames of ``audio`` encoded with the fitted codec.
@@ -459,14 +519,19 @@ def fit_codebooks(
     else:
         residual = frames.clone()
     layers = model.quantizer.layers
-    k = model.config.codebook_size
+    size = model.config.codebook_size
+    k = size if codes_used is None else codes_used
+    if not 1 <= k <= size:
+        raise ValueError(f"codes_used must be in 1..{size}, got {codes_used}")
     if residual.shape[0] < k and progress:
         print(f"fit_codebooks: only {residual.shape[0]} frames for {k} codes", file=sys.stderr)
     for i, layer in enumerate(layers):
         prefix = f"codebook {i + 1}/{len(layers)}" if progress else None
         centroids = _kmeans(residual, k, n_iter, gen, prefix)
         assign, _ = _nearest(residual, centroids)
-        _set_codebook(layer.codebook, centroids, torch.bincount(assign, minlength=k))
+        counts = torch.bincount(assign, minlength=size)
+        padded = centroids[torch.arange(size) % k]  # entries k.. repeat entries 0..k-1
+        _set_codebook(layer.codebook, padded, counts)
         residual = residual - centroids[assign]
     with torch.inference_mode():
         codes = torch.cat(
@@ -475,4 +540,4 @@ def fit_codebooks(
                 for s in range(0, latents.shape[0], batch_size)
             ]
         )  # (N, K, T), as HF's encode at full bandwidth
-    return codebook_usage(codes.numpy(), k)
+    return codebook_usage(codes.numpy(), size)

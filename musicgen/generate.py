@@ -17,8 +17,9 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 means greedy
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
-                ) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
+) -> torch.Tensor:
     """Draws one token per row.
 
     Args:
@@ -81,7 +82,9 @@ def generate(
     memory = model.text_proj(cond)
     step_in = torch.full((cond.shape[0], K, 1), model.special, dtype=torch.long, device=cond.device)
     for s in range(pattern.n_steps):
-        logits = model.decode_steps(step_in, memory, cond_mask, cache)[:, :, -1]  # (B or 2B, K, card)
+        logits = model.decode_steps(step_in, memory, cond_mask, cache)[
+            :, :, -1
+        ]  # (B or 2B, K, card)
         if guided:
             cond_logits, uncond_logits = logits.float().split(B)
             logits = uncond_logits + (cond_logits - uncond_logits) * sampling.cfg_coef

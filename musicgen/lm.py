@@ -51,7 +51,9 @@ class LMConfig:
         return asdict(self)
 
 
-def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def sinusoidal_positions(
+    positions: torch.Tensor, dim: int, max_period: float = 10000.0
+) -> torch.Tensor:
     """MusicGen's sinusoidal embedding, ``[cos, sin]`` halves.
 
     Args:
@@ -70,8 +72,16 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, max_period: float = 
 class KVCache:
     """Self-attention keys and values for each layer, preallocated to ``max_len`` steps."""
 
-    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        head_dim: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         shape = (batch, n_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
@@ -97,11 +107,19 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         return x.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         """Scaled dot-product attention over heads; returns (B, S, D)."""
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+        )
         B, H, S, hd = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, S, H * hd))
 
@@ -134,9 +152,14 @@ class Block(nn.Module):
         causal = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
         return a.attend(q, k, v, mask=causal)
 
-    def cross_attention(self, x: torch.Tensor, memory: torch.Tensor | None,
-                        memory_mask: torch.Tensor | None, cache: KVCache | None, layer: int
-                        ) -> torch.Tensor:
+    def cross_attention(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
         a = self.cross_attn
         if cache is not None and len(cache.cross) > layer:
             k, v = cache.cross[layer]
@@ -149,16 +172,25 @@ class Block(nn.Module):
                 cache.cross_mask = mask
         return a.attend(a.heads(a.q_proj(x)), k, v, mask=mask)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, memory_mask: torch.Tensor | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         x = x + self.drop(self.self_attention(self.self_attn_layer_norm(x), cache, layer))
-        x = x + self.drop(self.cross_attention(self.cross_attn_layer_norm(x), memory, memory_mask,
-                                               cache, layer))
+        x = x + self.drop(
+            self.cross_attention(self.cross_attn_layer_norm(x), memory, memory_mask, cache, layer)
+        )
         h = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
         return x + self.drop(h)
 
 
-def null_condition(cond: torch.Tensor, cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def null_condition(
+    cond: torch.Tensor, cond_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The condition of classifier-free guidance's unconditional rows: zero states.
 
     One position is left attendable so that attention stays defined; as every key is the same, the
@@ -173,16 +205,18 @@ def null_condition(cond: torch.Tensor, cond_mask: torch.Tensor) -> tuple[torch.T
     return torch.zeros_like(cond), mask
 
 
-def drop_condition(cond: torch.Tensor, cond_mask: torch.Tensor, drop: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def drop_condition(
+    cond: torch.Tensor, cond_mask: torch.Tensor, drop: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replaces the rows where ``drop`` (B,) is True by the null condition."""
     null, null_mask = null_condition(cond, cond_mask)
     cond = torch.where(drop[:, None, None], null, cond)
     return cond, torch.where(drop[:, None], null_mask, cond_mask)
 
 
-def masked_codebook_ce(logits: torch.Tensor, codes: torch.Tensor,
-                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+def masked_codebook_ce(
+    logits: torch.Tensor, codes: torch.Tensor, frame_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy per codebook over valid frames.
 
     Args:
@@ -208,7 +242,9 @@ class LM(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.ModuleList(nn.Embedding(cfg.card + 1, cfg.d_model) for _ in range(cfg.n_codebooks))
+        self.embed = nn.ModuleList(
+            nn.Embedding(cfg.card + 1, cfg.d_model) for _ in range(cfg.n_codebooks)
+        )
         self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -237,8 +273,13 @@ class LM(nn.Module):
         pos = torch.arange(offset, offset + seq.shape[2], device=seq.device)
         return x + sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
 
-    def hidden_steps(self, seq: torch.Tensor, memory: torch.Tensor | None,
-                     memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_steps(
+        self,
+        seq: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """The transformer over input steps, up to the final norm.
 
         Args:
@@ -257,14 +298,24 @@ class LM(nn.Module):
             cache.length += seq.shape[2]
         return self.norm(x)
 
-    def decode_steps(self, seq: torch.Tensor, memory: torch.Tensor | None,
-                     memory_mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+    def decode_steps(
+        self,
+        seq: torch.Tensor,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """Logits (B, K, S, card) of every codebook at every input step (see ``hidden_steps``)."""
         h = self.hidden_steps(seq, memory, memory_mask, cache)
         return torch.stack([head(h) for head in self.heads], dim=1)
 
-    def forward(self, codes: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
-                frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        codes: torch.Tensor,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass over a pattern.
 
         Args:
@@ -287,6 +338,10 @@ class LM(nn.Module):
         logits = torch.stack([head(h[:, inv[k]]) for k, head in enumerate(self.heads)], dim=1)
         return logits, masked_codebook_ce(logits, codes, frame_mask)
 
-    def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+    def new_cache(
+        self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
         cfg = self.cfg
-        return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, max_len, device, dtype)
+        return KVCache(
+            cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, max_len, device, dtype
+        )

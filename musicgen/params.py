@@ -27,19 +27,10 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         params = yaml.load(f)
     if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(params).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping at the top level, got {type(params).__name__}"
+        )
     return params
-
-
-def section(params: dict[str, Any], dotted: str) -> Any:
-    """Returns ``params['a']['b']`` for ``dotted='a.b'`` with a clear error when a key is missing."""
-    node: Any = params
-    for i, key in enumerate(dotted.split(".")):
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(dotted.split(".")[:i]) or "<top>"
-            raise KeyError(f"params: missing key '{key}' under '{where}' (wanted '{dotted}')")
-        node = node[key]
-    return node
 
 
 def config_hash(obj: Any) -> str:

@@ -103,7 +103,9 @@ def coarse_first_layout(n_frames: int, n_codebooks: int) -> torch.Tensor:
     return layout
 
 
-def make_pattern(name: str, n_codebooks: int, n_frames: int, delays: list[int] | None = None) -> Pattern:
+def make_pattern(
+    name: str, n_codebooks: int, n_frames: int, delays: list[int] | None = None
+) -> Pattern:
     """Builds a pattern by name.
 
     Args:

@@ -44,8 +44,15 @@ def download(params: dict, out_dir: Path, progress: bool = True) -> None:
     cfg = SyntheticConfig(**params["synthetic"])
     metadata = make_synthetic_dataset(out_dir / AUDIO, cfg, progress=progress)
     sizes = [(out_dir / AUDIO / f"{y}.wav").stat().st_size for y in metadata["ytid"]]
-    status = pd.DataFrame({"ytid": metadata["ytid"], "status": "ok", "reason": "",
-                           "duration": metadata["end_s"] - metadata["start_s"], "bytes": sizes})
+    status = pd.DataFrame(
+        {
+            "ytid": metadata["ytid"],
+            "status": "ok",
+            "reason": "",
+            "duration": metadata["end_s"] - metadata["start_s"],
+            "bytes": sizes,
+        }
+    )
     save_table(out_dir / METADATA, metadata)
     save_table(out_dir / STATUS, status)
 
@@ -79,20 +86,36 @@ def split(params: dict, raw_dir: Path, audio_dir: Path, out_dir: Path, metrics_p
     metadata = read_metadata(raw_dir)
     manifest = pd.read_csv(audio_dir / "manifest.csv", dtype={"ytid": str})
     usable = set(manifest.loc[manifest["status"] == "ok", "ytid"])
-    splits = make_splits(metadata, usable, tuple(params["fractions"]), params["seed"],
-                         params.get("exclude_keywords") or [])
+    splits = make_splits(
+        metadata,
+        usable,
+        tuple(params["fractions"]),
+        params["seed"],
+        params.get("exclude_keywords") or [],
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in splits.items():
         (out_dir / f"{name}.txt").write_text("".join(f"{y}\n" for y in ids))
-    write_json(metrics_path, {
-        "clips_listed": len(metadata), "clips_usable": len(usable),
-        **{f"clips_{name}": len(ids) for name, ids in splits.items()},
-    })
+    write_json(
+        metrics_path,
+        {
+            "clips_listed": len(metadata),
+            "clips_usable": len(usable),
+            **{f"clips_{name}": len(ids) for name, ids in splits.items()},
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------- models
-def codec_model(params: dict, sample_rate: int, audio_dir: Path, split_dir: Path, out_dir: Path,
-                metrics_path: Path, progress: bool = True) -> None:
+def codec_model(
+    params: dict,
+    sample_rate: int,
+    audio_dir: Path,
+    split_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    progress: bool = True,
+) -> None:
     """The codec stage: a codec in ``out_dir`` (``save_pretrained`` format) and its code usage.
 
     ``codec.source: tiny`` builds a small random EnCodec and fits its codebooks by residual k-means on
@@ -102,21 +125,34 @@ def codec_model(params: dict, sample_rate: int, audio_dir: Path, split_dir: Path
 
     train_audio = load_clips(audio_dir, read_split(split_dir, "train"), sample_rate)
     if params["source"] == "tiny":
-        cfg = C.TinyCodecConfig(sample_rate=sample_rate, n_codebooks=params["n_codebooks"],
-                                **params["tiny"])
+        cfg = C.TinyCodecConfig(
+            sample_rate=sample_rate, n_codebooks=params["n_codebooks"], **params["tiny"]
+        )
         model = C.build_tiny_codec(cfg)
         fit = params["fit"]
-        C.fit_codebooks(model, train_audio, n_iter=fit["n_iter"], max_frames=fit["max_frames"],
-                        seed=fit["seed"], progress=progress)
+        C.fit_codebooks(
+            model,
+            train_audio,
+            n_iter=fit["n_iter"],
+            max_frames=fit["max_frames"],
+            seed=fit["seed"],
+            codes_used=fit["codes_used"],
+            batch_size=fit["batch_size"],
+            progress=progress,
+        )
     else:
         model = C.load_codec(params["source"])
     if model.config.sampling_rate != sample_rate:
-        raise ValueError(f"codec runs at {model.config.sampling_rate} Hz but resample.sample_rate "
-                         f"is {sample_rate}")
+        raise ValueError(
+            f"codec runs at {model.config.sampling_rate} Hz but resample.sample_rate "
+            f"is {sample_rate}"
+        )
     C.save_codec(model, out_dir)
     codes = C.encode(model, train_audio, n_codebooks=params["n_codebooks"]).numpy()
-    write_json(metrics_path, {"source": params["source"],
-                              **C.codebook_usage(codes, model.config.codebook_size)})
+    write_json(
+        metrics_path,
+        {"source": params["source"], **C.codebook_usage(codes, model.config.codebook_size)},
+    )
 
 
 def text_model(params: dict, raw_dir: Path, split_dir: Path, out_dir: Path) -> None:
@@ -144,8 +180,16 @@ def used_ids(split_dir: Path) -> list[str]:
     return [y for name in SPLITS for y in read_split(split_dir, name)]
 
 
-def tokenize(params: dict, sample_rate: int, n_codebooks: int, audio_dir: Path, codec_dir: Path,
-             split_dir: Path, out_dir: Path, progress: bool = True) -> None:
+def tokenize(
+    params: dict,
+    sample_rate: int,
+    n_codebooks: int,
+    audio_dir: Path,
+    codec_dir: Path,
+    split_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> None:
     """The tokenize stage: codes (N, K, T) int16 of every clip in a split."""
     from tqdm import tqdm
 
@@ -160,8 +204,14 @@ def tokenize(params: dict, sample_rate: int, n_codebooks: int, audio_dir: Path, 
     save_tokens(out_dir, ids, np.concatenate(chunks))
 
 
-def encode_text(params: dict, raw_dir: Path, split_dir: Path, model_dir: Path, out_dir: Path,
-                progress: bool = True) -> None:
+def encode_text(
+    params: dict,
+    raw_dir: Path,
+    split_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> None:
     """The encode_text stage: T5 states of each caption and its word-dropout variants (float16)."""
     from musicgen import text as T
 
@@ -171,8 +221,14 @@ def encode_text(params: dict, raw_dir: Path, split_dir: Path, model_dir: Path, o
     texts = [
         variant
         for y in ids
-        for variant in T.caption_variants(y, str(metadata.at[y, "caption"]), params["n_variants"],
-                                          params["word_dropout"], params["max_words"], params["seed"])
+        for variant in T.caption_variants(
+            y,
+            str(metadata.at[y, "caption"]),
+            params["n_variants"],
+            params["word_dropout"],
+            params["max_words"],
+            params["seed"],
+        )
     ]
     states = T.encode_texts(tokenizer, model, texts, params["batch_size"], progress=progress)
     save_text(out_dir, ids, params["n_variants"], states)
@@ -182,9 +238,16 @@ def encode_text(params: dict, raw_dir: Path, split_dir: Path, model_dir: Path, o
 def lm_config(params: dict, text_dim: int, card: int, n_codebooks: int) -> LMConfig:
     """The LM config from the ``lm`` section: a preset, overrides, and the data's dimensions."""
     overrides = dict(params.get("overrides") or {})
-    return LMConfig.from_preset(params["preset"], pattern=params["pattern"],
-                                delays=list(params["delays"]), dropout=params["dropout"],
-                                text_dim=text_dim, card=card, n_codebooks=n_codebooks, **overrides)
+    return LMConfig.from_preset(
+        params["preset"],
+        pattern=params["pattern"],
+        delays=list(params["delays"]),
+        dropout=params["dropout"],
+        text_dim=text_dim,
+        card=card,
+        n_codebooks=n_codebooks,
+        **overrides,
+    )
 
 
 def save_lm(out_dir: Path, weights: dict[str, torch.Tensor], cfg: LMConfig) -> None:
@@ -200,9 +263,19 @@ def load_lm(lm_dir: Path, device: torch.device | str = "cpu") -> LM:
     return model.to(device).eval()
 
 
-def train(lm_params: dict, train_params: dict, tokens_dir: Path, text_dir: Path, split_dir: Path,
-          codec_dir: Path, out_dir: Path, ckpt_dir: Path, metrics_path: Path, plots_dir: Path,
-          progress: bool = True) -> None:
+def train(
+    lm_params: dict,
+    train_params: dict,
+    tokens_dir: Path,
+    text_dir: Path,
+    split_dir: Path,
+    codec_dir: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    metrics_path: Path,
+    plots_dir: Path,
+    progress: bool = True,
+) -> None:
     """The train stage: EMA weights in ``out_dir``, metrics, and loss curves for ``dvc plots``."""
     from musicgen import train as TR
 
@@ -222,28 +295,47 @@ def train(lm_params: dict, train_params: dict, tokens_dir: Path, text_dir: Path,
     val_ce = TR.validation_ce(model, valid_data, cfg.eval_batch_size, TR.pick_device(cfg.device))
     entropy = TR.token_entropy(train_data.codes, card)
     history = result["history"]
-    write_json(metrics_path, {
-        "val_ce": float(val_ce.mean()),  # EMA weights, nats, mean over codebooks
-        "val_ce_init": float(result["val_ce_init"].mean()),  # the same at step 0
-        "val_ce_raw": float(result["val_ce_final_raw"].mean()),  # the raw (non-EMA) weights
-        "train_token_entropy": float(entropy.mean()),  # CE of a token-frequency model
-        "train_loss_final": history[-1]["train_loss"],
-        "steps": cfg.steps,
-        "tokens_seen": cfg.steps * cfg.batch_size * cfg.grad_accum * train_data.n_frames
-        * lm_cfg.n_codebooks,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    })
+    write_json(
+        metrics_path,
+        {
+            "val_ce": float(val_ce.mean()),  # EMA weights, nats, mean over codebooks
+            "val_ce_init": float(result["val_ce_init"].mean()),  # the same at step 0
+            "val_ce_raw": float(result["val_ce_final_raw"].mean()),  # the raw (non-EMA) weights
+            "train_token_entropy": float(entropy.mean()),  # CE of a token-frequency model
+            "train_loss_final": history[-1]["train_loss"],
+            "steps": cfg.steps,
+            "tokens_seen": cfg.steps
+            * cfg.batch_size
+            * cfg.grad_accum
+            * train_data.n_frames
+            * lm_cfg.n_codebooks,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
     plots_dir.mkdir(parents=True, exist_ok=True)
     rows = [h for h in history if "train_loss" in h]
-    save_table(plots_dir / "loss.csv", pd.DataFrame(rows)[["step", "train_loss", "lr", "grad_norm"]])
-    save_table(plots_dir / "val_ce.csv",
-               pd.DataFrame([{"step": h["step"], "val_ce": h["val_ce"]} for h in history
-                             if "val_ce" in h]))
+    save_table(
+        plots_dir / "loss.csv", pd.DataFrame(rows)[["step", "train_loss", "lr", "grad_norm"]]
+    )
+    save_table(
+        plots_dir / "val_ce.csv",
+        pd.DataFrame(
+            [{"step": h["step"], "val_ce": h["val_ce"]} for h in history if "val_ce" in h]
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------- outputs
-def generate(params: dict, lm_dir: Path, codec_dir: Path, text_dir: Path, tokens_dir: Path,
-             split_dir: Path, out_dir: Path, progress: bool = True) -> None:
+def generate(
+    params: dict,
+    lm_dir: Path,
+    codec_dir: Path,
+    text_dir: Path,
+    tokens_dir: Path,
+    split_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> None:
     """The generate stage: one wav per test caption in ``out_dir/audio`` and ``tokens/``."""
     from tqdm import tqdm
 
@@ -256,8 +348,12 @@ def generate(params: dict, lm_dir: Path, codec_dir: Path, text_dir: Path, tokens
     if params["max_items"]:
         test_ids = test_ids[: params["max_items"]]
     data = CodesAndText(tokens_dir, text_dir, test_ids)
-    sampling = SamplingConfig(cfg_coef=params["cfg_coef"], top_k=params["top_k"],
-                              top_p=params["top_p"], temperature=params["temperature"])
+    sampling = SamplingConfig(
+        cfg_coef=params["cfg_coef"],
+        top_k=params["top_k"],
+        top_p=params["top_p"],
+        temperature=params["temperature"],
+    )
     n_frames = data.n_frames
     generator = torch.Generator().manual_seed(params["seed"])
     codes, bs = [], params["batch_size"]
@@ -272,8 +368,17 @@ def generate(params: dict, lm_dir: Path, codec_dir: Path, text_dir: Path, tokens
     save_tokens(out_dir / "tokens", test_ids, np.concatenate(codes))
 
 
-def evaluate(params: dict, sample_rate: int, lm_dir: Path, tokens_dir: Path, text_dir: Path,
-             split_dir: Path, audio_dir: Path, generated_dir: Path, metrics_path: Path) -> None:
+def evaluate(
+    params: dict,
+    sample_rate: int,
+    lm_dir: Path,
+    tokens_dir: Path,
+    text_dir: Path,
+    split_dir: Path,
+    audio_dir: Path,
+    generated_dir: Path,
+    metrics_path: Path,
+) -> None:
     """The evaluate stage: Fréchet distance of embeddings, per-codebook CE and perplexity."""
     from musicgen.metrics.embedders import build_embedder, embed_clips
     from musicgen.metrics.frechet import embedding_fd
@@ -282,8 +387,9 @@ def evaluate(params: dict, sample_rate: int, lm_dir: Path, tokens_dir: Path, tex
     gen_ids, _ = load_tokens(generated_dir / "tokens")
     embedder = build_embedder(params["embedder"])
     reference = embed_clips(embedder, load_clips(audio_dir, gen_ids, sample_rate), sample_rate)
-    generated = embed_clips(embedder, load_clips(generated_dir / AUDIO, gen_ids, sample_rate),
-                            sample_rate)
+    generated = embed_clips(
+        embedder, load_clips(generated_dir / AUDIO, gen_ids, sample_rate), sample_rate
+    )
     model = load_lm(lm_dir)
     metrics: dict = {
         f"fd_{params['embedder']}": embedding_fd(reference, generated),

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
@@ -86,7 +94,9 @@ def load_text_encoder(name_or_dir: str | Path) -> tuple[PreTrainedTokenizerBase,
     return tokenizer, model
 
 
-def save_text_encoder(tokenizer: PreTrainedTokenizerBase, model: T5EncoderModel, out_dir: Path) -> None:
+def save_text_encoder(
+    tokenizer: PreTrainedTokenizerBase, model: T5EncoderModel, out_dir: Path
+) -> None:
     """Saves both with ``save_pretrained`` (safetensors)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
@@ -141,7 +151,10 @@ def encode_texts(
     out: list[np.ndarray] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="encode_text", disable=not progress):
         batch = tokenizer(
-            texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
+            texts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
             max_length=max_tokens,
         )
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

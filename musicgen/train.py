@@ -47,7 +47,9 @@ class TrainConfig:
         if not 0.0 <= self.cfg_dropout <= 1.0:
             raise ValueError(f"train.cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"train.precision must be auto, fp32, fp16 or bf16, got {self.precision}")
+            raise ValueError(
+                f"train.precision must be auto, fp32, fp16 or bf16, got {self.precision}"
+            )
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -70,7 +72,9 @@ def batch_rows(first_sample: int, batch_size: int, n_items: int, seed: int) -> n
     Computed from the sample count alone, so a resumed run sees the batches of an uninterrupted one.
     """
     samples = np.arange(first_sample, first_sample + batch_size)
-    return np.array([_epoch_order(seed, int(g) // n_items, n_items)[int(g) % n_items] for g in samples])
+    return np.array(
+        [_epoch_order(seed, int(g) // n_items, n_items)[int(g) % n_items] for g in samples]
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -96,7 +100,9 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 
 @torch.no_grad()
-def validation_ce(model: LM, data: CodesAndText, batch_size: int, device: torch.device) -> np.ndarray:
+def validation_ce(
+    model: LM, data: CodesAndText, batch_size: int, device: torch.device
+) -> np.ndarray:
     """Cross-entropy (nats) per codebook over every frame of ``data``, with the clean captions.
 
     Returns:
@@ -131,8 +137,9 @@ def token_entropy(codes: np.ndarray, card: int) -> np.ndarray:
     return np.array(out)
 
 
-def save_checkpoint(ckpt_dir: Path, model: LM, ema: dict, optimizer: torch.optim.Optimizer,
-                    meta: dict) -> None:
+def save_checkpoint(
+    ckpt_dir: Path, model: LM, ema: dict, optimizer: torch.optim.Optimizer, meta: dict
+) -> None:
     """Writes weights, EMA, optimizer moments (safetensors) and ``meta`` (JSON), atomically."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -159,15 +166,21 @@ def load_checkpoint(ckpt_dir: Path, run_hash: str) -> tuple[dict, dict] | None:
         return None
     meta = json.loads(meta_path.read_text())
     if meta.get("run_hash") != run_hash:
-        log.warning("checkpoint in %s is from another config (%s != %s); starting over",
-                    ckpt_dir, meta.get("run_hash"), run_hash)
+        log.warning(
+            "checkpoint in %s is from another config (%s != %s); starting over",
+            ckpt_dir,
+            meta.get("run_hash"),
+            run_hash,
+        )
         return None
     if meta.get("complete"):
         return None
     return load_file(str(ckpt_dir / "state.safetensors")), meta
 
 
-def restore(tensors: dict, meta: dict, model: LM, ema: dict, optimizer: torch.optim.Optimizer) -> None:
+def restore(
+    tensors: dict, meta: dict, model: LM, ema: dict, optimizer: torch.optim.Optimizer
+) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for k in ema:
         ema[k].copy_(tensors[f"ema.{k}"])
@@ -182,7 +195,9 @@ def restore(tensors: dict, meta: dict, model: LM, ema: dict, optimizer: torch.op
 def mark_complete(ckpt_dir: Path, meta: dict) -> None:
     """Drops the resumable state of a finished run, keeping a record that it finished."""
     (ckpt_dir / "state.safetensors").unlink(missing_ok=True)
-    (ckpt_dir / "meta.json").write_text(json.dumps({**meta, "complete": True}, indent=2, default=float))
+    (ckpt_dir / "meta.json").write_text(
+        json.dumps({**meta, "complete": True}, indent=2, default=float)
+    )
 
 
 def make_optimizer(model: LM, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -190,8 +205,10 @@ def make_optimizer(model: LM, cfg: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
@@ -235,8 +252,9 @@ def train(
         val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device)
         history.append({"step": 0, "val_ce": float(val_ce_init.mean())})
     rng_variants = train_data.n_variants > 1
-    bar = tqdm(range(start, cfg.steps), desc="train", disable=not progress, initial=start,
-               total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps), desc="train", disable=not progress, initial=start, total=cfg.steps
+    )
     for step in bar:
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
         rng = np.random.default_rng([cfg.seed, step])
@@ -265,15 +283,30 @@ def train(
         update_ema(ema, model, cfg.ema_decay)
         record = {"step": step + 1, "train_loss": loss_sum, "lr": lr, "grad_norm": grad_norm}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            record["val_ce"] = float(validation_ce(model, valid_data, cfg.eval_batch_size, device).mean())
+            record["val_ce"] = float(
+                validation_ce(model, valid_data, cfg.eval_batch_size, device).mean()
+            )
         history.append(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(ckpt_dir, model, ema, optimizer, {
-                "run_hash": run_hash, "step": step + 1, "history": history,
-                "val_ce_init": val_ce_init.tolist()})
+            save_checkpoint(
+                ckpt_dir,
+                model,
+                ema,
+                optimizer,
+                {
+                    "run_hash": run_hash,
+                    "step": step + 1,
+                    "history": history,
+                    "val_ce_init": val_ce_init.tolist(),
+                },
+            )
     val_ce_final_raw = validation_ce(model, valid_data, cfg.eval_batch_size, device)
     mark_complete(ckpt_dir, {"run_hash": run_hash, "step": cfg.steps})
-    return {"ema": {k: v.cpu() for k, v in ema.items()}, "history": history,
-            "val_ce_init": val_ce_init, "val_ce_final_raw": val_ce_final_raw,
-            "config": asdict(cfg)}
+    return {
+        "ema": {k: v.cpu() for k, v in ema.items()},
+        "history": history,
+        "val_ce_init": val_ce_init,
+        "val_ce_final_raw": val_ce_final_raw,
+        "config": asdict(cfg),
+    }

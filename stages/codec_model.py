@@ -16,8 +16,14 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
-    pipeline.codec_model(params["codec"], params["resample"]["sample_rate"], args.audio, args.split,
-                         args.out, args.metrics)
+    pipeline.codec_model(
+        params["codec"],
+        params["resample"]["sample_rate"],
+        args.audio,
+        args.split,
+        args.out,
+        args.metrics,
+    )
 
 
 if __name__ == "__main__":

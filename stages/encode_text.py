@@ -15,8 +15,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.encode_text(load_params(args.params)["encode_text"], args.raw, args.split, args.model,
-                         args.out)
+    pipeline.encode_text(
+        load_params(args.params)["encode_text"], args.raw, args.split, args.model, args.out
+    )
 
 
 if __name__ == "__main__":

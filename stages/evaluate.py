@@ -19,8 +19,17 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
-    pipeline.evaluate(params["evaluate"], params["resample"]["sample_rate"], args.lm, args.tokens,
-                      args.text, args.split, args.audio, args.generated, args.metrics)
+    pipeline.evaluate(
+        params["evaluate"],
+        params["resample"]["sample_rate"],
+        args.lm,
+        args.tokens,
+        args.text,
+        args.split,
+        args.audio,
+        args.generated,
+        args.metrics,
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,15 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.generate(load_params(args.params)["generate"], args.lm, args.codec, args.text,
-                      args.tokens, args.split, args.out)
+    pipeline.generate(
+        load_params(args.params)["generate"],
+        args.lm,
+        args.codec,
+        args.text,
+        args.tokens,
+        args.split,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

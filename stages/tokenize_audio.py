@@ -16,8 +16,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
-    pipeline.tokenize(params["tokenize"], params["resample"]["sample_rate"],
-                      params["codec"]["n_codebooks"], args.audio, args.codec, args.split, args.out)
+    pipeline.tokenize(
+        params["tokenize"],
+        params["resample"]["sample_rate"],
+        params["codec"]["n_codebooks"],
+        args.audio,
+        args.codec,
+        args.split,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,18 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
-    pipeline.train(params["lm"], params["train"], args.tokens, args.text, args.split, args.codec,
-                   args.out, args.checkpoint, args.metrics, args.plots)
+    pipeline.train(
+        params["lm"],
+        params["train"],
+        args.tokens,
+        args.text,
+        args.split,
+        args.codec,
+        args.out,
+        args.checkpoint,
+        args.metrics,
+        args.plots,
+    )
 
 
 if __name__ == "__main__":

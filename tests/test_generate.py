@@ -8,8 +8,11 @@ from musicgen.patterns import PATTERNS
 
 def tiny(pattern="delay"):
     torch.manual_seed(0)
-    return LM(LMConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, card=64, text_dim=16,
-                       pattern=pattern)).eval()
+    return LM(
+        LMConfig(
+            d_model=32, n_heads=4, n_layers=2, ffn_dim=64, card=64, text_dim=16, pattern=pattern
+        )
+    ).eval()
 
 
 def condition(B=2):

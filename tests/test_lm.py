@@ -7,8 +7,18 @@ from musicgen.patterns import PATTERNS
 
 def tiny(pattern="delay", **kw):
     torch.manual_seed(0)
-    return LM(LMConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, card=64, text_dim=16,
-                       pattern=pattern, **kw)).eval()
+    return LM(
+        LMConfig(
+            d_model=32,
+            n_heads=4,
+            n_layers=2,
+            ffn_dim=64,
+            card=64,
+            text_dim=16,
+            pattern=pattern,
+            **kw,
+        )
+    ).eval()
 
 
 def inputs(B=2, T=9, L=5, card=64):
@@ -64,8 +74,10 @@ def test_kv_cache_matches_full_pass():
     full = model.decode_steps(seq_in, memory, mask)
     cache = model.new_cache(2, seq_in.shape[2], torch.device("cpu"), torch.float32)
     parts = [model.decode_steps(seq_in[:, :, :4], memory, mask, cache)]
-    parts += [model.decode_steps(seq_in[:, :, s : s + 1], memory, mask, cache)
-              for s in range(4, seq_in.shape[2])]
+    parts += [
+        model.decode_steps(seq_in[:, :, s : s + 1], memory, mask, cache)
+        for s in range(4, seq_in.shape[2])
+    ]
     assert torch.allclose(torch.cat(parts, dim=2), full, atol=1e-5)
 
 

@@ -17,8 +17,15 @@ import pytest
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = {"download", "resample", "split", "codec_model", "text_model", "tokenize",
-               "encode_text"}
+DATA_STAGES = {
+    "download",
+    "resample",
+    "split",
+    "codec_model",
+    "text_model",
+    "tokenize",
+    "encode_text",
+}
 
 SMALL = {  # a few clips, short, few steps: the same code paths in a minute or two
     ("data", "synthetic", "n_clips"): 36,
@@ -36,8 +43,14 @@ SMALL = {  # a few clips, short, few steps: the same code paths in a minute or t
 
 
 def run(args, cwd, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     assert out.returncode == 0, f"{args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout + out.stderr
@@ -60,11 +73,19 @@ def digest(path: Path) -> str:
 def repo(tmp_path_factory):
     """A git + DVC copy of the project with the small params, after one full `dvc repro`."""
     dst = tmp_path_factory.mktemp("pipeline")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/")) \
-                and name != "dvc.lock":
+        if (
+            (ROOT / name).is_file()
+            and not name.startswith(("metrics/", "plots/"))
+            and name != "dvc.lock"
+        ):
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dst / name)
     yaml = YAML()
@@ -107,8 +128,15 @@ def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
 def test_repro_force_is_byte_identical(repo):
     run(["git", "checkout", "-q", "--", "params.yaml"], repo)
     run(["dvc", "repro"], repo)
-    artifacts = ["data/raw", "data/audio", "data/split", "data/tokens", "data/text",
-                 "data/models/codec", "data/models/text"]
+    artifacts = [
+        "data/raw",
+        "data/audio",
+        "data/split",
+        "data/tokens",
+        "data/text",
+        "data/models/codec",
+        "data/models/text",
+    ]
     before = {a: digest(repo / a) for a in artifacts}
     train_before = json.loads((repo / "metrics/train.json").read_text())
     run(["dvc", "repro", "--force"], repo)

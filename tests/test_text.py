@@ -11,7 +11,9 @@ CAPTIONS = [
 
 def test_tiny_encoder_round_trips_through_the_real_loader(tmp_path):
     tokenizer = T.train_tokenizer(CAPTIONS * 5, vocab_size=80)
-    model = T.build_tiny_t5(T.TinyT5Config(d_model=32, d_ff=64, n_layers=1, n_heads=2), len(tokenizer))
+    model = T.build_tiny_t5(
+        T.TinyT5Config(d_model=32, d_ff=64, n_layers=1, n_heads=2), len(tokenizer)
+    )
     T.save_text_encoder(tokenizer, model, tmp_path)
     tok2, model2 = T.load_text_encoder(tmp_path)
     a = T.encode_texts(tokenizer, model, CAPTIONS, progress=False)
@@ -24,7 +26,9 @@ def test_tiny_encoder_round_trips_through_the_real_loader(tmp_path):
 
 def test_batching_does_not_change_the_states():
     tokenizer = T.train_tokenizer(CAPTIONS * 5, vocab_size=80)
-    model = T.build_tiny_t5(T.TinyT5Config(d_model=32, d_ff=64, n_layers=1, n_heads=2), len(tokenizer))
+    model = T.build_tiny_t5(
+        T.TinyT5Config(d_model=32, d_ff=64, n_layers=1, n_heads=2), len(tokenizer)
+    )
     one = T.encode_texts(tokenizer, model, CAPTIONS, batch_size=1, progress=False)
     many = T.encode_texts(tokenizer, model, CAPTIONS, batch_size=3, progress=False)
     for x, y in zip(one, many, strict=True):

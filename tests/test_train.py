@@ -33,8 +33,16 @@ def lm(card):
 
 
 def config(**kw):
-    base = dict(steps=40, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=20, checkpoint_every=10,
-                cfg_dropout=0.2, eval_batch_size=8)
+    base = dict(
+        steps=40,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        checkpoint_every=10,
+        cfg_dropout=0.2,
+        eval_batch_size=8,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -42,7 +50,9 @@ def test_training_beats_step_zero_and_token_frequencies(dataset):
     root, ids, card = dataset
     data = make(root, ids)
     model = lm(card)
-    out = train(model, data, data, config(steps=60, ema_decay=0.8), root / "ckpt", "h", progress=False)
+    out = train(
+        model, data, data, config(steps=60, ema_decay=0.8), root / "ckpt", "h", progress=False
+    )
     model.load_state_dict(out["ema"])
     final = validation_ce(model, data, 8, torch.device("cpu"))
     assert final.mean() < out["val_ce_init"].mean() - 0.5

@@ -25,7 +25,9 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sr)
 
 
-def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+def write_wav(
+    path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
+) -> None:
     """Writes (S,) or (C, S) float audio as WAV, atomically (a temp file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +86,14 @@ def resample_clip(src: Path, dst: Path, cfg: ResampleConfig) -> dict:
     Returns:
         a manifest row: status ``ok`` or ``skipped`` with the reason, and what was done.
     """
-    row: dict = {"status": "skipped", "reason": "", "orig_rate": 0, "orig_channels": 0,
-                 "orig_samples": 0, "length_action": ""}
+    row: dict = {
+        "status": "skipped",
+        "reason": "",
+        "orig_rate": 0,
+        "orig_channels": 0,
+        "orig_samples": 0,
+        "length_action": "",
+    }
     try:
         audio, sr = read_audio(src)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:

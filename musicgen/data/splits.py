@@ -24,7 +24,9 @@ def unit_hash(key: str, seed: int) -> float:
 def assign_split(ytid: str, fractions: tuple[float, float, float], seed: int) -> str:
     """The split of one id for the given (train, valid, test) fractions."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise ValueError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}"
+        )
     u = unit_hash(ytid, seed)
     edge = 0.0
     for name, frac in zip(SPLITS, fractions, strict=True):

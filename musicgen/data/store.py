@@ -52,10 +52,17 @@ def save_text(out_dir: Path, ids: list[str], n_variants: int, states: list[np.nd
     lengths = np.array([len(s) for s in states])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     save_array(out_dir / "embeddings.npy", np.concatenate(states).astype(np.float16))
-    save_table(out_dir / "index.csv", pd.DataFrame({
-        "ytid": np.repeat(ids, n_variants), "variant": np.tile(np.arange(n_variants), len(ids)),
-        "offset": offsets, "length": lengths,
-    }))
+    save_table(
+        out_dir / "index.csv",
+        pd.DataFrame(
+            {
+                "ytid": np.repeat(ids, n_variants),
+                "variant": np.tile(np.arange(n_variants), len(ids)),
+                "offset": offsets,
+                "length": lengths,
+            }
+        ),
+    )
 
 
 @dataclass
@@ -79,10 +86,12 @@ class CodesAndText:
         index = pd.read_csv(text_dir / "index.csv", dtype={"ytid": str})
         self.n_variants = int(index["variant"].max()) + 1
         index = index.set_index(["ytid", "variant"])
-        self.spans = np.array([
-            [index.loc[(y, v), ["offset", "length"]].to_numpy() for v in range(self.n_variants)]
-            for y in ids
-        ]).reshape(len(ids), self.n_variants, 2)  # (N, V, 2): offset, length
+        self.spans = np.array(
+            [
+                [index.loc[(y, v), ["offset", "length"]].to_numpy() for v in range(self.n_variants)]
+                for y in ids
+            ]
+        ).reshape(len(ids), self.n_variants, 2)  # (N, V, 2): offset, length
         self.states = np.load(text_dir / "embeddings.npy", mmap_mode="r")  # (sum L, D)
 
     def __len__(self) -> int:

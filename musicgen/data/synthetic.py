@@ -28,8 +28,17 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-MUSICCAPS_COLUMNS = ["ytid", "start_s", "end_s", "audioset_positive_labels", "aspect_list",
-                     "caption", "author_id", "is_balanced_subset", "is_audioset_eval"]
+MUSICCAPS_COLUMNS = [
+    "ytid",
+    "start_s",
+    "end_s",
+    "audioset_positive_labels",
+    "aspect_list",
+    "caption",
+    "author_id",
+    "is_balanced_subset",
+    "is_audioset_eval",
+]
 
 
 @dataclass
@@ -57,8 +66,10 @@ class SyntheticConfig:
 SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 # conventional key names (Db major but C# minor, Ab major but G# minor) and the flat keys
-KEY_NAMES = {"major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
-             "minor": ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")}
+KEY_NAMES = {
+    "major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
+    "minor": ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"),
+}
 FLAT_KEYS = {"major": {1, 3, 5, 8, 10}, "minor": {0, 2, 3, 5, 7, 10}}
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 # chord progressions as 0-based scale degrees, one chord per bar, always starting on the tonic
@@ -105,6 +116,7 @@ def chord_name(root: int, mode: str, degree: int) -> tuple[str, str]:
 # -----------------------------------------------------------------------------
 # genres, instruments and the vocabulary used to describe them
 
+
 @dataclass(frozen=True)
 class Genre:
     """A style preset: the ranges and pools a clip's attributes are drawn from."""
@@ -125,48 +137,103 @@ class Genre:
 
 GENRES = {
     "ambient": Genre(
-        ("ambient piece", "ambient music piece"), (70, 92), 0.15, ("half-time",),
-        ("sine", "pad"), ("pad", "organ"), ("sustained",), ("sine",), ("whole", "root-fifth"),
+        ("ambient piece", "ambient music piece"),
+        (70, 92),
+        0.15,
+        ("half-time",),
+        ("sine", "pad"),
+        ("pad", "organ"),
+        ("sustained",),
+        ("sine",),
+        ("whole", "root-fifth"),
         {"major": ("calm", "dreamy", "peaceful"), "minor": ("meditative", "mysterious", "calm")},
         ("at a meditation session", "in a spa", "in a yoga class", "in a nature documentary"),
-        ("/m/0fd3y",)),
+        ("/m/0fd3y",),
+    ),
     "electronic": Genre(
-        ("electronic track", "electronic music piece", "EDM track"), (110, 140), 0.95,
-        ("four-on-the-floor", "backbeat"), ("sawtooth", "square"), ("pad", "sawtooth", "square"),
-        ("stabs", "arpeggio", "sustained"), ("sawtooth", "square"), ("eighths", "offbeat"),
+        ("electronic track", "electronic music piece", "EDM track"),
+        (110, 140),
+        0.95,
+        ("four-on-the-floor", "backbeat"),
+        ("sawtooth", "square"),
+        ("pad", "sawtooth", "square"),
+        ("stabs", "arpeggio", "sustained"),
+        ("sawtooth", "square"),
+        ("eighths", "offbeat"),
         {"major": ("energetic", "uplifting", "upbeat"), "minor": ("energetic", "dark", "intense")},
         ("in a workout video", "in a tech product advertisement", "at a dance party"),
-        ("/m/02lkt",)),
+        ("/m/02lkt",),
+    ),
     "techno": Genre(
-        ("techno track", "techno piece"), (124, 140), 1.0, ("four-on-the-floor",),
-        ("square", "sawtooth"), ("pad", "sawtooth"), ("stabs", "arpeggio"), ("sawtooth",),
+        ("techno track", "techno piece"),
+        (124, 140),
+        1.0,
+        ("four-on-the-floor",),
+        ("square", "sawtooth"),
+        ("pad", "sawtooth"),
+        ("stabs", "arpeggio"),
+        ("sawtooth",),
         ("offbeat", "eighths"),
         {"major": ("hypnotic", "energetic"), "minor": ("hypnotic", "dark", "intense")},
-        ("at a nightclub", "at a rave", "in an underground club"), ("/m/07gxw", "/m/02lkt")),
+        ("at a nightclub", "at a rave", "in an underground club"),
+        ("/m/07gxw", "/m/02lkt"),
+    ),
     "pop": Genre(
-        ("pop song", "pop music piece", "instrumental pop tune"), (90, 128), 0.85,
-        ("backbeat", "four-on-the-floor"), ("pluck", "sine", "square"), ("organ", "pad", "pluck"),
-        ("sustained", "arpeggio", "stabs"), ("sine", "sawtooth"), ("quarters", "root-fifth"),
+        ("pop song", "pop music piece", "instrumental pop tune"),
+        (90, 128),
+        0.85,
+        ("backbeat", "four-on-the-floor"),
+        ("pluck", "sine", "square"),
+        ("organ", "pad", "pluck"),
+        ("sustained", "arpeggio", "stabs"),
+        ("sine", "sawtooth"),
+        ("quarters", "root-fifth"),
         {"major": ("happy", "uplifting", "cheerful"), "minor": ("melancholic", "emotional")},
-        ("in a shopping mall", "in a radio commercial", "in a teen drama"), ("/m/064t9",)),
+        ("in a shopping mall", "in a radio commercial", "in a teen drama"),
+        ("/m/064t9",),
+    ),
     "lullaby": Genre(
-        ("lullaby", "gentle lullaby"), (70, 88), 0.0, ("half-time",),
-        ("sine", "pluck"), ("pluck", "organ"), ("arpeggio", "sustained"), ("sine",), ("whole",),
+        ("lullaby", "gentle lullaby"),
+        (70, 88),
+        0.0,
+        ("half-time",),
+        ("sine", "pluck"),
+        ("pluck", "organ"),
+        ("arpeggio", "sustained"),
+        ("sine",),
+        ("whole",),
         {"major": ("soothing", "tender", "gentle"), "minor": ("tender", "melancholic")},
         ("in a baby's nursery", "during a children's bedtime story", "in a music box"),
-        ("/m/07pkxdp",)),
+        ("/m/07pkxdp",),
+    ),
     "chiptune": Genre(
-        ("chiptune track", "video game music piece", "8-bit style tune"), (120, 160), 0.8,
-        ("backbeat", "four-on-the-floor"), ("square",), ("square",), ("arpeggio",),
-        ("square", "sawtooth"), ("eighths", "root-fifth"),
+        ("chiptune track", "video game music piece", "8-bit style tune"),
+        (120, 160),
+        0.8,
+        ("backbeat", "four-on-the-floor"),
+        ("square",),
+        ("square",),
+        ("arpeggio",),
+        ("square", "sawtooth"),
+        ("eighths", "root-fifth"),
         {"major": ("playful", "upbeat", "cheerful"), "minor": ("adventurous", "tense")},
-        ("in a retro video game", "at an arcade", "in a platformer game level"), ("/m/02lkt",)),
+        ("in a retro video game", "at an arcade", "in a platformer game level"),
+        ("/m/02lkt",),
+    ),
     "folk": Genre(
-        ("folk tune", "folk piece", "acoustic folk song"), (80, 120), 0.4,
+        ("folk tune", "folk piece", "acoustic folk song"),
+        (80, 120),
+        0.4,
         ("backbeat", "half-time"),
-        ("pluck", "organ"), ("pluck",), ("arpeggio",), ("pluck", "sine"), ("root-fifth", "whole"),
+        ("pluck", "organ"),
+        ("pluck",),
+        ("arpeggio",),
+        ("pluck", "sine"),
+        ("root-fifth", "whole"),
         {"major": ("warm", "nostalgic", "cheerful"), "minor": ("nostalgic", "melancholic")},
-        ("in a coffee shop", "in a countryside documentary", "at a campfire"), ("/m/02w4v",)),
+        ("in a coffee shop", "in a countryside documentary", "at a campfire"),
+        ("/m/02w4v",),
+    ),
 }
 
 TIMBRE_WORDS = {
@@ -177,13 +244,33 @@ TIMBRE_WORDS = {
     "organ": ("organ", "electric organ", "drawbar organ"),
     "pad": ("synth pad", "warm synth pad", "soft pad"),
 }
-ASPECT_TIMBRES = {"sine": "sine", "sawtooth": "sawtooth synth", "square": "square synth",
-                  "pluck": "plucked string", "organ": "organ", "pad": "synth pad"}
-TIMBRE_MIDS = {"sine": "/m/0l14qv", "sawtooth": "/m/0l14qv", "square": "/m/0l14qv",
-               "pad": "/m/0l14qv", "pluck": "/m/0fx80y", "organ": "/m/013y1f"}
-MOOD_MIDS = {"happy": "/t/dd00031", "cheerful": "/t/dd00031", "playful": "/t/dd00032",
-             "melancholic": "/t/dd00033", "tender": "/t/dd00034", "energetic": "/t/dd00035",
-             "intense": "/t/dd00035", "dark": "/t/dd00037", "tense": "/t/dd00037"}
+ASPECT_TIMBRES = {
+    "sine": "sine",
+    "sawtooth": "sawtooth synth",
+    "square": "square synth",
+    "pluck": "plucked string",
+    "organ": "organ",
+    "pad": "synth pad",
+}
+TIMBRE_MIDS = {
+    "sine": "/m/0l14qv",
+    "sawtooth": "/m/0l14qv",
+    "square": "/m/0l14qv",
+    "pad": "/m/0l14qv",
+    "pluck": "/m/0fx80y",
+    "organ": "/m/013y1f",
+}
+MOOD_MIDS = {
+    "happy": "/t/dd00031",
+    "cheerful": "/t/dd00031",
+    "playful": "/t/dd00032",
+    "melancholic": "/t/dd00033",
+    "tender": "/t/dd00034",
+    "energetic": "/t/dd00035",
+    "intense": "/t/dd00035",
+    "dark": "/t/dd00037",
+    "tense": "/t/dd00037",
+}
 MUSIC_MID, INSTRUMENT_MID, DRUM_MACHINE_MID = "/m/04rlf", "/m/04szw", "/m/0l14_3"
 
 ROLE_NOUNS = {
@@ -199,12 +286,16 @@ DRUM_PHRASES = {
     "backbeat": ("a simple backbeat with the snare on two and four", "a straight rock beat"),
     "half-time": ("a laid-back half-time beat", "a sparse half-time groove"),
 }
-NO_DRUM_SENTENCES = ("There is no percussion in this piece.", "There are no drums.",
-                     "The piece has no percussion at all.")
+NO_DRUM_SENTENCES = (
+    "There is no percussion in this piece.",
+    "There are no drums.",
+    "The piece has no percussion at all.",
+)
 
 
 # -----------------------------------------------------------------------------
 # attribute sampling
+
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
     """One element of ``options`` drawn uniformly with ``rng``."""
@@ -230,8 +321,11 @@ def sample_attributes(rng: np.random.Generator, cfg: SyntheticConfig) -> dict:
     bpm = int(rng.integers(genre.tempo[0], genre.tempo[1] + 1))
     degrees = PROGRESSIONS[mode][int(rng.integers(len(PROGRESSIONS[mode])))]
     names = [chord_name(root, mode, d) for d in degrees]
-    parts = {"lead": _pick(rng, genre.lead), "chords": _pick(rng, genre.chords),
-             "bass": _pick(rng, genre.bass)}
+    parts = {
+        "lead": _pick(rng, genre.lead),
+        "chords": _pick(rng, genre.chords),
+        "bass": _pick(rng, genre.bass),
+    }
     has_drums = bool(rng.random() < genre.drums_p)
     return {
         "genre": genre_name,
@@ -259,8 +353,17 @@ def sample_attributes(rng: np.random.Generator, cfg: SyntheticConfig) -> dict:
 # velocity 0 being a rest, that tiles the clip from t = 0
 
 Event = tuple[float, float, float]
-RHYTHMS = ((1, 1, 1, 1), (2, 1, 1), (1, 1, 2), (0.5, 0.5, 1, 1, 1), (1.5, 0.5, 2),
-           (0.5,) * 8, (1, 0.5, 0.5, 1, 1), (3, 1), (2, 2))
+RHYTHMS = (
+    (1, 1, 1, 1),
+    (2, 1, 1),
+    (1, 1, 2),
+    (0.5, 0.5, 1, 1, 1),
+    (1.5, 0.5, 2),
+    (0.5,) * 8,
+    (1, 0.5, 0.5, 1, 1),
+    (3, 1),
+    (2, 2),
+)
 
 
 def _n_bars(attrs: dict, cfg: SyntheticConfig) -> int:
@@ -272,8 +375,9 @@ def _n_bars(attrs: dict, cfg: SyntheticConfig) -> int:
 def _bar_chords(attrs: dict, n_bars: int) -> list[list[int]]:
     """Triad pitch classes (semitones above C, root first) of every bar, cycling the progression."""
     degrees = attrs["degrees"]
-    return [triad(attrs["key_root"], attrs["mode"], degrees[b % len(degrees)])
-            for b in range(n_bars)]
+    return [
+        triad(attrs["key_root"], attrs["mode"], degrees[b % len(degrees)]) for b in range(n_bars)
+    ]
 
 
 def melody_line(attrs: dict, rng: np.random.Generator, n_bars: int) -> list[Event]:
@@ -323,14 +427,20 @@ def chord_lines(attrs: dict, rng: np.random.Generator, n_bars: int) -> list[list
 
 def bass_line(attrs: dict, n_bars: int) -> list[Event]:
     """Chord roots (and fifths) in the bass register, in the clip's bass style."""
-    patterns = {"whole": ((4, 0, 1.0),), "quarters": ((1, 0, 1.0),) * 4,
-                "root-fifth": ((2, 0, 1.0), (2, 2, 0.8)), "eighths": ((0.5, 0, 0.9),) * 8,
-                "offbeat": ((0.5, 0, 0.0), (0.5, 0, 1.0)) * 4}
+    patterns = {
+        "whole": ((4, 0, 1.0),),
+        "quarters": ((1, 0, 1.0),) * 4,
+        "root-fifth": ((2, 0, 1.0), (2, 2, 0.8)),
+        "eighths": ((0.5, 0, 0.9),) * 8,
+        "offbeat": ((0.5, 0, 0.0), (0.5, 0, 1.0)) * 4,
+    }
     line = []
     for chord in _bar_chords(attrs, n_bars):
         root = chord[0] % 12
-        line += [(beats, BASS_OCTAVE + root + (chord[tone] - chord[0]), velocity)
-                 for beats, tone, velocity in patterns[attrs["bass_style"]]]
+        line += [
+            (beats, BASS_OCTAVE + root + (chord[tone] - chord[0]), velocity)
+            for beats, tone, velocity in patterns[attrs["bass_style"]]
+        ]
     return line
 
 
@@ -354,6 +464,7 @@ def drum_hits(attrs: dict, rng: np.random.Generator, n_bars: int) -> list[tuple[
 
 # -----------------------------------------------------------------------------
 # synthesis (vectorised over whole lines: one float32 numpy pass per operation and line)
+
 
 def _frac(x: np.ndarray) -> np.ndarray:
     """``x mod 1`` (``np.floor`` is several times faster than ``%`` on float32)."""
@@ -382,8 +493,9 @@ def _square(phase: np.ndarray, dt: float) -> np.ndarray:
     return naive + _poly_blep(phase, dt) - _poly_blep(_frac(phase + np.float32(0.5)), dt)
 
 
-def _harmonics(phase: np.ndarray, weights: tuple[float, ...],
-               damping: np.ndarray | None = None) -> np.ndarray:
+def _harmonics(
+    phase: np.ndarray, weights: tuple[float, ...], damping: np.ndarray | None = None
+) -> np.ndarray:
     """Sum of partials ``weights[k-1] * sin(2 pi k phase)`` (times ``damping**k`` if given).
 
     Uses the Chebyshev recurrence ``sin(kx) = 2 cos(x) sin((k-1)x) - sin((k-2)x)`` so only one
@@ -428,9 +540,14 @@ def oscillator(timbre: str, phase: np.ndarray, dt: float, t: np.ndarray) -> np.n
 
 
 # attack, release (s) and exponential decay time constant (s, 0 = sustained) per timbre
-ENVELOPES = {"sine": (0.02, 0.05, 0.0), "sawtooth": (0.005, 0.05, 1.5),
-             "square": (0.005, 0.03, 2.0), "pluck": (0.002, 0.03, 0.6),
-             "organ": (0.01, 0.04, 0.0), "pad": (0.15, 0.2, 0.0)}
+ENVELOPES = {
+    "sine": (0.02, 0.05, 0.0),
+    "sawtooth": (0.005, 0.05, 1.5),
+    "square": (0.005, 0.03, 2.0),
+    "pluck": (0.002, 0.03, 0.6),
+    "organ": (0.01, 0.04, 0.0),
+    "pad": (0.15, 0.2, 0.0),
+}
 
 
 def samples_per_beat(tempo_bpm: float, sample_rate: int) -> int:
@@ -450,15 +567,17 @@ def render_note(timbre: str, midi: float, n_samples: int, sample_rate: int) -> n
     phase = _frac(n * np.float32(dt))
     attack, release, decay = ENVELOPES[timbre]
     env = np.minimum(t * np.float32(1 / attack), np.float32(1))
-    env *= np.minimum((np.float32(n_samples / sample_rate) - t) * np.float32(1 / release),
-                      np.float32(1))
+    env *= np.minimum(
+        (np.float32(n_samples / sample_rate) - t) * np.float32(1 / release), np.float32(1)
+    )
     if decay:
         env *= np.exp(t * np.float32(-1 / decay))
     return oscillator(timbre, phase, dt, t) * env
 
 
-def render_line(events: list[Event], timbre: str, spb: int, sample_rate: int,
-                n_samples: int) -> np.ndarray:
+def render_line(
+    events: list[Event], timbre: str, spb: int, sample_rate: int, n_samples: int
+) -> np.ndarray:
     """Render a monophonic line, laid out contiguously from t = 0, to ``n_samples`` (float32).
 
     Repeated notes (same length, pitch and velocity: bass ostinatos, arpeggios, repeated chords)
@@ -478,8 +597,11 @@ def render_line(events: list[Event], timbre: str, spb: int, sample_rate: int,
             break
         key = (int(round(beats * spb)), midi, velocity)
         if key not in cache:
-            cache[key] = (np.float32(velocity) * render_note(timbre, midi, key[0], sample_rate)
-                          if velocity else np.zeros(key[0], dtype=np.float32))
+            cache[key] = (
+                np.float32(velocity) * render_note(timbre, midi, key[0], sample_rate)
+                if velocity
+                else np.zeros(key[0], dtype=np.float32)
+            )
         pieces.append(cache[key])
         total += key[0]
     if total < n_samples:
@@ -502,8 +624,9 @@ def drum_sample(drum: str, rng: np.random.Generator, sr: int) -> np.ndarray:
     return 0.25 * np.diff(noise, 2) * np.exp(-t / 0.015)  # hi-hat: twice differenced
 
 
-def render_drums(attrs: dict, rng: np.random.Generator, spb: int, sample_rate: int, n_bars: int,
-                 n_samples: int) -> np.ndarray:
+def render_drums(
+    attrs: dict, rng: np.random.Generator, spb: int, sample_rate: int, n_bars: int, n_samples: int
+) -> np.ndarray:
     """Mono drum track: each hit adds a (scaled) one-shot at its beat position."""
     samples = {drum: drum_sample(drum, rng, sample_rate) for drum in ("kick", "snare", "hi-hat")}
     out = np.zeros(n_samples, dtype=np.float32)
@@ -512,7 +635,7 @@ def render_drums(attrs: dict, rng: np.random.Generator, spb: int, sample_rate: i
         if start >= n_samples:
             continue
         sample = samples[drum][: n_samples - start]
-        out[start: start + len(sample)] += np.float32(velocity) * sample
+        out[start : start + len(sample)] += np.float32(velocity) * sample
     return out
 
 
@@ -551,15 +674,20 @@ def render_clip(attrs: dict, rng: np.random.Generator, cfg: SyntheticConfig) -> 
     tracks = [  # (events or None for drums, timbre, gain, pan)
         (melody_line(attrs, rng, n_bars), parts["lead"], 0.5, float(rng.uniform(-0.3, 0.3))),
         (bass_line(attrs, n_bars), parts["bass"], 0.55, 0.0),
-        *[(line, parts["chords"], 0.45 / len(chords), float(rng.uniform(-0.4, 0.4)))
-          for line in chords],
+        *[
+            (line, parts["chords"], 0.45 / len(chords), float(rng.uniform(-0.4, 0.4)))
+            for line in chords
+        ],
     ]
     if attrs["has_drums"]:
         tracks.append((None, "drums", 0.6, float(rng.uniform(-0.1, 0.1))))
     mix = np.zeros((cfg.channels, n_samples), dtype=np.float32)
     for events, timbre, gain, pan in tracks:
-        signal = (render_drums(attrs, rng, spb, sr, n_bars, n_samples) if events is None
-                  else render_line(events, timbre, spb, sr, n_samples))
+        signal = (
+            render_drums(attrs, rng, spb, sr, n_bars, n_samples)
+            if events is None
+            else render_line(events, timbre, spb, sr, n_samples)
+        )
         for channel, pan_gain in enumerate(_pan_gains(pan, cfg.channels)):
             mix[channel] += np.float32(gain * pan_gain) * signal
     _fade_edges(mix, min(n_samples // 2, int(0.005 * cfg.sample_rate)) or 1)
@@ -585,6 +713,7 @@ def make_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarra
 # -----------------------------------------------------------------------------
 # text: captions, aspect lists and AudioSet labels
 
+
 def _article(phrase: str) -> str:
     """``phrase`` with its indefinite article (``an organ``, ``an 8-bit tune``, ``a pad``)."""
     return ("an " if phrase[0].lower() in "aeiou8" else "a ") + phrase
@@ -605,17 +734,21 @@ def _instrument_sentence(attrs: dict, rng: np.random.Generator) -> str:
     parts = attrs["parts"]
     words = {timbre: _pick(rng, TIMBRE_WORDS[timbre]) for timbre in attrs["instruments"]}
     if len(words) == 3 and rng.random() < 0.4:  # noun list
-        nouns = [f"{_article(words[parts['lead']])} lead",
-                 f"{_article(words[parts['chords']])} playing chords",
-                 f"{_article(words[parts['bass']])} bass"]
+        nouns = [
+            f"{_article(words[parts['lead']])} lead",
+            f"{_article(words[parts['chords']])} playing chords",
+            f"{_article(words[parts['bass']])} bass",
+        ]
         opening = _pick(rng, ("This song features", "The music features", "It consists of"))
         return f"{opening} {_join(nouns)}."
     roles = {"lead": "lead", "chords": attrs["chord_style"], "bass": "bass"}
     jobs: dict[str, list[str]] = {}
     for part, timbre in parts.items():
         jobs.setdefault(timbre, []).append(_pick(rng, ROLE_NOUNS[roles[part]]))
-    clauses = [f"{_article(words[timbre])} {_pick(rng, PLAY_VERBS)} {_join(nouns)}"
-               for timbre, nouns in jobs.items()]
+    clauses = [
+        f"{_article(words[timbre])} {_pick(rng, PLAY_VERBS)} {_join(nouns)}"
+        for timbre, nouns in jobs.items()
+    ]
     tail = " while " + _join(clauses[1:]) if len(clauses) > 1 else ""
     return _capitalise(clauses[0] + tail + ".")
 
@@ -626,22 +759,35 @@ def _drum_sentence(attrs: dict, rng: np.random.Generator) -> str:
         return _pick(rng, NO_DRUM_SENTENCES)
     beat = _pick(rng, DRUM_PHRASES[attrs["drum_pattern"]])
     kit = _pick(rng, ("kick, snare and hi-hats", "electronic kick, snare and hi-hat sounds"))
-    return _pick(rng, (f"The drums play {beat} with {kit}.",
-                       f"A drum machine provides {beat}.",
-                       f"The percussion consists of {kit} playing {beat}."))
+    return _pick(
+        rng,
+        (
+            f"The drums play {beat} with {kit}.",
+            f"A drum machine provides {beat}.",
+            f"The percussion consists of {kit} playing {beat}.",
+        ),
+    )
 
 
 def _tempo_key_sentences(attrs: dict, rng: np.random.Generator) -> list[str]:
     """Tempo word (sometimes with the BPM) and key, as one or two sentences."""
     word, key = attrs["tempo_word"], f"{attrs['key']} {attrs['mode']}"
-    bpm = _pick(rng, ("", f" at {attrs['tempo_bpm']} BPM",
-                      f" with around {attrs['tempo_bpm']} beats per minute"))
+    bpm = _pick(
+        rng,
+        (
+            "",
+            f" at {attrs['tempo_bpm']} BPM",
+            f" with around {attrs['tempo_bpm']} beats per minute",
+        ),
+    )
     style = int(rng.integers(3))
     if style == 0:
         return [f"The tempo is {word}{bpm} and the piece is in the key of {key}."]
     if style == 1:
-        return [f"The tempo is {word}{bpm}.",
-                _pick(rng, (f"The song is in the key of {key}.", f"It is played in {key}."))]
+        return [
+            f"The tempo is {word}{bpm}.",
+            _pick(rng, (f"The song is in the key of {key}.", f"It is played in {key}.")),
+        ]
     return [f"This piece is in {key} and has a {word} tempo{bpm}."]
 
 
@@ -653,18 +799,45 @@ def caption_for(attrs: dict, rng: np.random.Generator) -> str:
     """
     genre = GENRES[attrs["genre"]]
     noun, mood = _pick(rng, genre.nouns), attrs["mood"]
-    required = [_instrument_sentence(attrs, rng), _drum_sentence(attrs, rng),
-                *_tempo_key_sentences(attrs, rng)]
+    required = [
+        _instrument_sentence(attrs, rng),
+        _drum_sentence(attrs, rng),
+        *_tempo_key_sentences(attrs, rng),
+    ]
     optional = {
-        "opening": _pick(rng, (f"This is an instrumental {noun}.", f"This is {_article(mood)} "
-                               f"{noun} with no vocals.", f"The song is an instrumental {noun}.")),
-        "chords": _pick(rng, (f"The chord progression is {', '.join(attrs['chords'])}.",
-                              f"The harmony follows a {'-'.join(attrs['progression'])} "
-                              "progression.")),
-        "mood": _pick(rng, (f"The mood of this piece is {mood}.", f"It has {_article(mood)} "
-                            "atmosphere.", f"The song sounds {mood}.")),
-        "scene": _pick(rng, ("This song may be playing ", "This piece could be used ",
-                             "This music would fit well ")) + _pick(rng, genre.scenes) + ".",
+        "opening": _pick(
+            rng,
+            (
+                f"This is an instrumental {noun}.",
+                f"This is {_article(mood)} {noun} with no vocals.",
+                f"The song is an instrumental {noun}.",
+            ),
+        ),
+        "chords": _pick(
+            rng,
+            (
+                f"The chord progression is {', '.join(attrs['chords'])}.",
+                f"The harmony follows a {'-'.join(attrs['progression'])} progression.",
+            ),
+        ),
+        "mood": _pick(
+            rng,
+            (
+                f"The mood of this piece is {mood}.",
+                f"It has {_article(mood)} atmosphere.",
+                f"The song sounds {mood}.",
+            ),
+        ),
+        "scene": _pick(
+            rng,
+            (
+                "This song may be playing ",
+                "This piece could be used ",
+                "This music would fit well ",
+            ),
+        )
+        + _pick(rng, genre.scenes)
+        + ".",
     }
     n_optional = int(rng.integers(0, 5 - len(required) + 1))
     chosen = set(rng.choice(list(optional), size=n_optional, replace=False).tolist())
@@ -678,8 +851,13 @@ def aspect_list_for(attrs: dict, rng: np.random.Generator) -> str:
     parts = attrs["parts"]
     chords = {"sustained": "chords", "arpeggio": "arpeggio", "stabs": "stabs"}[attrs["chord_style"]]
     names = {role: ASPECT_TIMBRES[timbre] for role, timbre in parts.items()}
-    aspects = [attrs["genre"], "instrumental", f"{names['lead']} lead",
-               f"{names['chords']} {chords}", f"{names['bass']} bass"]
+    aspects = [
+        attrs["genre"],
+        "instrumental",
+        f"{names['lead']} lead",
+        f"{names['chords']} {chords}",
+        f"{names['bass']} bass",
+    ]
     if attrs["has_drums"]:
         aspects += ["drum machine", attrs["drum_pattern"].replace("-", " ")]
     else:
@@ -732,8 +910,9 @@ def _seconds(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def make_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig,
-                           progress: bool = True) -> pd.DataFrame:
+def make_synthetic_dataset(
+    out_dir: Path, cfg: SyntheticConfig, progress: bool = True
+) -> pd.DataFrame:
     """Write ``out_dir/<ytid>.wav`` (PCM_16) for every clip and return the metadata table.
 
     Clip ``i`` splits ``SeedSequence([cfg.seed, i])`` into independent streams for its metadata
@@ -753,22 +932,25 @@ def make_synthetic_dataset(out_dir: Path, cfg: SyntheticConfig,
     rows, seen = [], set()
     for i in tqdm(range(cfg.n_clips), desc="synthetic clips", unit="clip", disable=not progress):
         meta_rng, audio_rng, text_rng = (
-            np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, i]).spawn(3))
+            np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, i]).spawn(3)
+        )
         ytid = random_ytid(meta_rng)
         while ytid in seen:  # ~never; redraws come from the meta stream so audio is unaffected
             ytid = random_ytid(meta_rng)
         seen.add(ytid)
         audio, attrs = make_clip(audio_rng, cfg)
         write_wav_atomic(out_dir / f"{ytid}.wav", audio, cfg.sample_rate)
-        rows.append({
-            "ytid": ytid,
-            "start_s": _seconds(0),
-            "end_s": _seconds(cfg.duration_s),
-            "audioset_positive_labels": audioset_labels_for(attrs, text_rng),
-            "aspect_list": aspect_list_for(attrs, text_rng),
-            "caption": caption_for(attrs, text_rng),
-            "author_id": int(meta_rng.integers(N_AUTHORS)),
-            "is_balanced_subset": bool(meta_rng.random() < 0.2),
-            "is_audioset_eval": bool(meta_rng.random() < 0.5),
-        })
+        rows.append(
+            {
+                "ytid": ytid,
+                "start_s": _seconds(0),
+                "end_s": _seconds(cfg.duration_s),
+                "audioset_positive_labels": audioset_labels_for(attrs, text_rng),
+                "aspect_list": aspect_list_for(attrs, text_rng),
+                "caption": caption_for(attrs, text_rng),
+                "author_id": int(meta_rng.integers(N_AUTHORS)),
+                "is_balanced_subset": bool(meta_rng.random() < 0.2),
+                "is_audioset_eval": bool(meta_rng.random() < 0.5),
+            }
+        )
     return pd.DataFrame(rows, columns=MUSICCAPS_COLUMNS)

@@ -18,8 +18,9 @@ from musicgen.data.audio import resample
 EMBEDDERS = ("mel",)
 
 
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 125.0,
-                   fmax: float = 7500.0) -> torch.Tensor:
+def mel_filterbank(
+    n_mels: int, n_fft: int, sample_rate: int, fmin: float = 125.0, fmax: float = 7500.0
+) -> torch.Tensor:
     """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1)."""
 
     def hz_to_mel(f):
@@ -54,8 +55,15 @@ class MelEmbedder:
     def log_mel(self, audio: np.ndarray) -> torch.Tensor:
         """(S,) 16 kHz audio -> (frames, n_mels) log-mel."""
         x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        spec = torch.stft(x, n_fft=512, hop_length=self.stft_hop, win_length=self.n_fft,
-                          window=torch.hann_window(self.n_fft), center=False, return_complex=True)
+        spec = torch.stft(
+            x,
+            n_fft=512,
+            hop_length=self.stft_hop,
+            win_length=self.n_fft,
+            window=torch.hann_window(self.n_fft),
+            center=False,
+            return_complex=True,
+        )
         return torch.log(self.fbank @ spec.abs() + 0.01).T
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -16,8 +16,10 @@ def peak_frequency(x, sr):
     return np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()]
 
 
-@pytest.mark.parametrize("sr,channels,subtype", [
-    (48000, 2, "PCM_16"), (44100, 1, "PCM_24"), (22050, 2, "FLOAT"), (32000, 1, "PCM_16")])
+@pytest.mark.parametrize(
+    "sr,channels,subtype",
+    [(48000, 2, "PCM_16"), (44100, 1, "PCM_24"), (22050, 2, "FLOAT"), (32000, 1, "PCM_16")],
+)
 def test_resample_keeps_frequency_and_level(tmp_path, sr, channels, subtype):
     src = tmp_path / "raw"
     src.mkdir()
@@ -38,8 +40,9 @@ def test_bad_inputs_are_skipped_with_a_reason(tmp_path):
     sf.write(src / "silent.wav", np.zeros(16000, np.float32), 16000)
     (src / "broken.wav").write_bytes(b"RIFF not really")
     sf.write(src / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    m = resample_clips(["silent", "broken", "nan", "missing"], src, tmp_path / "out",
-                       ResampleConfig(), False)
+    m = resample_clips(
+        ["silent", "broken", "nan", "missing"], src, tmp_path / "out", ResampleConfig(), False
+    )
     reasons = dict(zip(m["ytid"], m["reason"], strict=True))
     assert set(m["status"]) == {"skipped"}
     assert reasons["silent"] == "silent"

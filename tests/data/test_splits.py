@@ -30,7 +30,8 @@ def test_removing_clips_leaves_every_other_clip_in_its_split():
 
 def test_seed_changes_the_assignment():
     assert [assign_split(f"x{i}", (0.5, 0.25, 0.25), 0) for i in range(50)] != [
-        assign_split(f"x{i}", (0.5, 0.25, 0.25), 1) for i in range(50)]
+        assign_split(f"x{i}", (0.5, 0.25, 0.25), 1) for i in range(50)
+    ]
 
 
 def test_bad_fractions():

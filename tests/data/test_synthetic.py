@@ -59,12 +59,13 @@ def _beat_transient_ratio(audio: np.ndarray, sample_rate: int, tempo_bpm: int) -
     """High-pass energy in the 20 ms after each 8th-note grid point, relative to the mean."""
     hf = np.diff(audio.mean(axis=0)) ** 2
     width, step = int(0.02 * sample_rate), samples_per_beat(tempo_bpm, sample_rate) // 2
-    at_grid = np.mean([hf[s: s + width].mean() for s in range(0, len(hf) - width, step)])
+    at_grid = np.mean([hf[s : s + width].mean() for s in range(0, len(hf) - width, step)])
     return float(at_grid / hf.mean())
 
 
 # -----------------------------------------------------------------------------
 # dataset: determinism, files and metadata
+
 
 def test_same_config_gives_identical_files_and_table(small_dataset, tmp_path):
     first_dir, first = small_dataset
@@ -153,6 +154,7 @@ def test_wav_files(small_dataset):
 # -----------------------------------------------------------------------------
 # audio
 
+
 @pytest.mark.parametrize("channels", [1, 2])
 def test_make_clip_shape_and_range(channels):
     cfg = SyntheticConfig(duration_s=1.5, sample_rate=8000, channels=channels)
@@ -173,8 +175,9 @@ def test_make_clip_is_deterministic():
 def test_every_timbre_renders():
     cfg = SyntheticConfig(duration_s=1.0, sample_rate=16000, channels=1)
     for timbre in TIMBRE_WORDS:
-        attrs = _attrs(0, cfg, parts={"lead": timbre, "chords": timbre, "bass": timbre},
-                       has_drums=False)
+        attrs = _attrs(
+            0, cfg, parts={"lead": timbre, "chords": timbre, "bass": timbre}, has_drums=False
+        )
         audio = render_clip(attrs, np.random.default_rng(0), cfg)
         assert np.isfinite(audio).all() and np.abs(audio).max() > 0.4, timbre
 
@@ -183,10 +186,16 @@ def test_key_is_audible_in_sine_only_clips():
     cfg = SyntheticConfig(duration_s=4.0, sample_rate=16000, channels=1)
     roots_on_top = 0
     for seed in range(8):
-        attrs = _attrs(seed, cfg, parts={"lead": "sine", "chords": "sine", "bass": "sine"},
-                       instruments=["sine"], has_drums=False)
-        energy = _pitch_class_energy(render_clip(attrs, np.random.default_rng(seed), cfg),
-                                     cfg.sample_rate)
+        attrs = _attrs(
+            seed,
+            cfg,
+            parts={"lead": "sine", "chords": "sine", "bass": "sine"},
+            instruments=["sine"],
+            has_drums=False,
+        )
+        energy = _pitch_class_energy(
+            render_clip(attrs, np.random.default_rng(seed), cfg), cfg.sample_rate
+        )
         scale = [(attrs["key_root"] + step) % 12 for step in SCALES[attrs["mode"]]]
         assert int(np.argmax(energy)) in scale
         assert energy[scale].sum() > 0.75 * energy.sum()
@@ -220,9 +229,16 @@ def test_drums_add_energy_on_the_beat_grid():
 # -----------------------------------------------------------------------------
 # text
 
+
 def test_tempo_word_thresholds():
-    assert [tempo_word(b) for b in (70, 89, 90, 124, 125, 160)] == \
-        ["slow", "slow", "medium", "medium", "fast", "fast"]
+    assert [tempo_word(b) for b in (70, 89, 90, 124, 125, 160)] == [
+        "slow",
+        "slow",
+        "medium",
+        "medium",
+        "fast",
+        "fast",
+    ]
 
 
 def test_captions_describe_attributes():
