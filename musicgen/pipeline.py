@@ -158,7 +158,7 @@ def codec_model(
 def text_model(params: dict, raw_dir: Path, split_dir: Path, out_dir: Path) -> None:
     """The text-model stage: a tokenizer and a T5 encoder in ``out_dir``.
 
-    ``text.source: tiny`` trains a Unigram tokenizer on the training captions and builds a small
+    ``text.source: tiny`` builds a word-level tokenizer from the training captions and builds a small
     random T5 encoder; anything else is a hub id (e.g. ``t5-base``) or a directory.
     """
     from musicgen import text as T

@@ -1,7 +1,7 @@
 """The text conditioner: a frozen T5 encoder, its tokenizer, and word dropout.
 
 The real run loads ``t5-base`` by hub id; the embedded default builds a small T5 encoder from a
-``T5Config`` with random weights and a Unigram tokenizer trained on the training captions. Both are
+``T5Config`` with random weights and a word-level tokenizer built from the training captions. Both are
 saved with ``save_pretrained`` and loaded back through :func:`load_text_encoder`, one code path.
 """
 
@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from tokenizers import (
     Tokenizer,
-    decoders,
     models,
     normalizers,
     pre_tokenizers,
     processors,
-    trainers,
 )
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
@@ -31,7 +29,7 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
 
 @dataclass
 class TinyT5Config:
-    vocab_size: int = 1000  # the Unigram tokenizer's size
+    vocab_size: int = 1000  # words in the tokenizer (with the 3 special tokens)
     d_model: int = 64  # width of the encoder (t5-base: 768)
     d_ff: int = 256
     n_layers: int = 2
@@ -40,23 +38,33 @@ class TinyT5Config:
 
 
 def train_tokenizer(captions: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    """Trains a T5-like Unigram tokenizer (Metaspace, lowercase-free) on ``captions``.
+    """Builds a word-level tokenizer from the most frequent words of ``captions``.
+
+    The vocabulary is the ``vocab_size - 3`` most frequent lowercased words and punctuation marks
+    (ties broken alphabetically), so the same captions always give the same tokenizer (the
+    ``tokenizers`` trainers are multi-threaded and not reproducible byte for byte).
 
     Returns:
         a fast tokenizer with ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2 that appends ``</s>``.
     """
+    from collections import Counter
+
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
-    )
-    tok.train_from_iterator(captions, trainer=trainer)
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    pre = pre_tokenizers.Whitespace()
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(caption)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[
+        : max(0, vocab_size - len(SPECIAL_TOKENS))
+    ]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"

@@ -242,3 +242,19 @@ def test_codebook_usage_entropy() -> None:
         "entropy_bits_mean",
         "frames",
     }
+
+
+def test_codes_used_limits_the_codes_and_spare_entries_repeat_fitted_ones():
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 32000
+    audio = np.stack(
+        [0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) for _ in range(8)]
+    ).astype(np.float32)
+    model = build_tiny_codec(TinyCodecConfig(codebook_size=64))
+    stats = fit_codebooks(model, audio, n_iter=3, max_frames=2000, progress=False, codes_used=16)
+    assert all(stats[f"codebook_{i}_distinct"] <= 16 for i in range(4))
+    assert int(encode(model, audio).max()) < 16
+    embed = model.quantizer.layers[0].codebook.embed
+    assert torch.equal(embed[16:32], embed[:16])
+    with pytest.raises(ValueError, match="codes_used"):
+        fit_codebooks(model, audio, n_iter=1, progress=False, codes_used=65)

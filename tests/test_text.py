@@ -49,3 +49,13 @@ def test_caption_variants_are_seeded_per_clip():
 def test_word_dropout_keeps_at_least_one_word():
     rng = np.random.default_rng(0)
     assert len(T.word_dropout(["only"], 0.999, rng)) == 1
+
+
+def test_tokenizer_is_reproducible_and_knows_caption_words():
+    a = T.train_tokenizer(CAPTIONS * 5, vocab_size=40)
+    b = T.train_tokenizer(list(reversed(CAPTIONS * 5)), vocab_size=40)
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    assert len(a) == 40
+    ids = a("The tempo is fast.").input_ids
+    assert 2 not in ids  # no <unk>: every word is in the vocabulary
+    assert a("zyzzyva").input_ids == [2, 1]
