@@ -59,12 +59,8 @@ def test_training_beats_step_zero_and_token_frequencies(dataset):
     assert final.mean() < token_entropy(data.codes, card).mean()
 
 
-def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
-    root, ids, card = dataset
-    data = make(root, ids)
-    full = train(lm(card), data, data, config(steps=20), root / "a", "h", progress=False)
-
-    # Interrupt a second run right after its checkpoint at step 10, then resume it.
+def interrupt_after_first_checkpoint(monkeypatch, data, card, ckpt_dir, run_hash):
+    """Runs training until its first checkpoint is written, then kills it."""
     import musicgen.train as tr
 
     real_save = tr.save_checkpoint
@@ -73,11 +69,26 @@ def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(lm(card), data, data, config(steps=20), root / "b", "h", progress=False)
-    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    with monkeypatch.context() as m:
+        m.setattr(tr, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(lm(card), data, data, config(steps=20), ckpt_dir, run_hash, progress=False)
+
+
+def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
+    root, ids, card = dataset
+    data = make(root, ids)
+    full = train(lm(card), data, data, config(steps=20), root / "a", "h", progress=False)
+    interrupt_after_first_checkpoint(monkeypatch, data, card, root / "b", "h")
+    import musicgen.train as tr
+
+    steps_run = []
+    real_get_lr = tr.get_lr
+    monkeypatch.setattr(
+        tr, "get_lr", lambda step, cfg: steps_run.append(step) or real_get_lr(step, cfg)
+    )
     resumed = train(lm(card), data, data, config(steps=20), root / "b", "h", progress=False)
+    assert steps_run == list(range(10, 20))  # it resumed at the checkpoint, not from scratch
     for k, v in full["ema"].items():
         assert torch.equal(v, resumed["ema"][k]), k
     assert full["history"] == resumed["history"]
@@ -86,18 +97,7 @@ def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
 def test_checkpoint_of_another_config_is_not_resumed(dataset, monkeypatch):
     root, ids, card = dataset
     data = make(root, ids)
-    import musicgen.train as tr
-
-    real_save = tr.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(lm(card), data, data, config(steps=20), root / "c", "old", progress=False)
-    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    interrupt_after_first_checkpoint(monkeypatch, data, card, root / "c", "old")
     out = train(lm(card), data, data, config(steps=20), root / "c", "new", progress=False)
     assert out["history"][0]["step"] == 0  # started over, with its own step-0 evaluation
 
