@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,22 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def write_wav(
     path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
 ) -> None:
-    """Writes (S,) or (C, S) float audio as WAV, atomically (a temp file, then a rename)."""
+    """Writes (S,) or (C, S) float audio as WAV, atomically.
+
+    The data goes to a unique temporary file in the same directory, then is renamed over ``path``,
+    so an interrupted write never leaves a partial file under the final name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = audio.T if audio.ndim == 2 else audio
-    tmp = path.with_name(f".{path.name}.part")
-    sf.write(str(tmp), np.clip(data, -1.0, 1.0), sample_rate, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+    data = np.clip(audio.T if audio.ndim == 2 else audio, -1.0, 1.0)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sample_rate, subtype=subtype, format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

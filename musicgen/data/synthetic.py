@@ -18,15 +18,14 @@ Example::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from tqdm import tqdm
+
+from musicgen.data.audio import write_wav
 
 MUSICCAPS_COLUMNS = [
     "ytid",
@@ -892,19 +891,6 @@ def random_ytid(rng: np.random.Generator) -> str:
     return "".join(YTID_ALPHABET[rng.integers(len(YTID_ALPHABET), size=11)])
 
 
-def write_wav_atomic(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Write (channels, samples) float audio as PCM_16 via a temp file and ``os.replace``."""
-    pcm = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16).T
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _seconds(value: float) -> int | float:
     """Integral seconds as int (as in the CSV), else float."""
     return int(value) if float(value).is_integer() else float(value)
@@ -939,7 +925,7 @@ def make_synthetic_dataset(
             ytid = random_ytid(meta_rng)
         seen.add(ytid)
         audio, attrs = make_clip(audio_rng, cfg)
-        write_wav_atomic(out_dir / f"{ytid}.wav", audio, cfg.sample_rate)
+        write_wav(out_dir / f"{ytid}.wav", audio, cfg.sample_rate)
         rows.append(
             {
                 "ytid": ytid,
