@@ -13,6 +13,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from musicgen.io import atomic_path
+
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Loads a params file into plain dicts and lists.
@@ -41,8 +43,5 @@ def config_hash(obj: Any) -> str:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Writes JSON with sorted keys and a trailing newline, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")

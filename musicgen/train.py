@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from musicgen.data.store import CodesAndText
+from musicgen.io import atomic_path
 from musicgen.lm import LM, drop_condition
 
 log = logging.getLogger(__name__)
@@ -148,12 +149,10 @@ def save_checkpoint(
     for idx, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).cpu().contiguous()
-    tmp = ckpt_dir / ".state.safetensors.part"
-    save_file(tensors, str(tmp))
-    tmp.replace(ckpt_dir / "state.safetensors")
+    with atomic_path(ckpt_dir / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     meta = {**meta, "param_groups": opt["param_groups"]}
-    (ckpt_dir / ".meta.json.part").write_text(json.dumps(meta, indent=2, default=float))
-    (ckpt_dir / ".meta.json.part").replace(ckpt_dir / "meta.json")
+    write_meta(ckpt_dir, meta)
 
 
 def load_checkpoint(ckpt_dir: Path, run_hash: str) -> tuple[dict, dict] | None:
@@ -192,12 +191,16 @@ def restore(
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def write_meta(ckpt_dir: Path, meta: dict) -> None:
+    """Writes the checkpoint's ``meta.json``, atomically."""
+    with atomic_path(ckpt_dir / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=float))
+
+
 def mark_complete(ckpt_dir: Path, meta: dict) -> None:
     """Drops the resumable state of a finished run, keeping a record that it finished."""
     (ckpt_dir / "state.safetensors").unlink(missing_ok=True)
-    (ckpt_dir / "meta.json").write_text(
-        json.dumps({**meta, "complete": True}, indent=2, default=float)
-    )
+    write_meta(ckpt_dir, {**meta, "complete": True})
 
 
 def make_optimizer(model: LM, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,8 @@ import pandas as pd
 import soundfile as sf
 import soxr
 from tqdm import tqdm
+
+from musicgen.io import atomic_path
 
 SILENCE_PEAK = 1e-4  # a clip whose peak is below this (-80 dBFS) counts as silent
 
@@ -29,22 +29,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def write_wav(
     path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
 ) -> None:
-    """Writes (S,) or (C, S) float audio as WAV, atomically.
-
-    The data goes to a unique temporary file in the same directory, then is renamed over ``path``,
-    so an interrupted write never leaves a partial file under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes (S,) or (C, S) float audio as WAV, atomically (see :func:`atomic_path`)."""
     data = np.clip(audio.T if audio.ndim == 2 else audio, -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

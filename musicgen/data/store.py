@@ -15,22 +15,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from musicgen.io import atomic_path
+
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """np.save, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    tmp.replace(path)
 
 
 def save_table(path: Path, table: pd.DataFrame) -> None:
     """A CSV with Unix line endings, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    table.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def save_tokens(out_dir: Path, ids: list[str], codes: np.ndarray) -> None:
