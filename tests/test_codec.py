@@ -107,6 +107,37 @@ def test_silence_encodes_to_a_constant_latent(fitted) -> None:
     assert torch.all(codes == codes[:, :, :1])
 
 
+def latents(model, audio: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return model.encoder(torch.from_numpy(audio)[:, None, :])  # (N, D, T)
+
+
+def test_encoder_is_sign_invariant_and_silence_gives_zero() -> None:
+    model = build_tiny_codec(tiny_cfg())
+    x = make_audio(2, 1.0, seed=3)
+    assert torch.equal(latents(model, x), latents(model, -x))
+    assert torch.count_nonzero(latents(model, np.zeros((1, 6400), np.float32))) == 0
+
+
+def test_held_tone_latent_does_not_depend_on_its_phase() -> None:
+    # A held note must give (nearly) the same frames whatever its phase, or an LM sees noise.
+    model = build_tiny_codec(tiny_cfg())
+    t = np.arange(SR) / SR
+    tones = np.stack(
+        [0.3 * np.sin(2 * np.pi * 330.0 * t + phase) for phase in (0.0, 1.0, 2.5)]
+    ).astype(np.float32)
+    z = latents(model, tones)[:, :, 5:-5]  # (3, D, T) away from the edges
+    spread = (z - z[:1]).abs().max() / z.abs().max()
+    assert spread < 0.05
+    louder = latents(model, 2 * tones[:1])[:, :, 5:-5]
+    assert (louder - z[:1]).abs().max() / z.abs().max() > 0.5  # level still matters
+
+
+def test_odd_num_filters_is_rejected() -> None:
+    with pytest.raises(ValueError, match="num_filters"):
+        build_tiny_codec(TinyCodecConfig(num_filters=7))
+
+
 @pytest.mark.parametrize("codebook_size", [64, 128])
 def test_fit_uses_many_codes_in_every_codebook(audio: np.ndarray, codebook_size: int) -> None:
     model = build_tiny_codec(tiny_cfg(codebook_size))
