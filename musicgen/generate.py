@@ -1,4 +1,4 @@
-"""Sampling from the LM: KV cache, classifier-free guidance, top-k / top-p, temperature."""
+"""Sampling from the LM: KV cache, classifier-free guidance, top-k / top-p, temperature, prompts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from musicgen.lm import LM, null_condition
+from musicgen.lm import LM, KVCache, null_condition
+from musicgen.patterns import Pattern
 
 
 @dataclass
@@ -14,7 +15,7 @@ class SamplingConfig:
     cfg_coef: float = 3.0  # logits = uncond + (cond - uncond) * coef; 1.0 turns guidance off
     top_k: int = 250  # 0 disables
     top_p: float = 0.0  # nucleus sampling when > 0 (applied after top-k)
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 means greedy (argmax, no random draw)
 
 
 def sample_next(
@@ -44,6 +45,68 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class StepDecoder:
+    """Next-step logits of the LM for a growing input sequence.
+
+    With ``use_cache``, each call runs only the new input steps (self-attention keys and values grow
+    in a preallocated cache, cross-attention keys and values are computed on the first call);
+    without, each call recomputes the whole sequence (the reference the cache is tested against).
+    """
+
+    def __init__(
+        self,
+        model: LM,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        max_steps: int,
+        use_cache: bool = True,
+        fast_kernel: bool = True,
+        n_cond: int | None = None,
+    ):
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.cache: KVCache | None = None
+        self.history: torch.Tensor | None = None
+        if use_cache:
+            self.cache = model.new_cache(
+                memory.shape[0], max_steps, memory.device, memory.dtype, fast_kernel, n_cond
+            )
+
+    def __call__(self, steps: torch.Tensor) -> torch.Tensor:
+        """Feeds input steps (N, K, n) and returns the logits (N, K, card) after the last one."""
+        if self.cache is None:
+            self.history = steps if self.history is None else torch.cat([self.history, steps], 2)
+            steps = self.history
+        h = self.model.hidden_steps(steps, self.memory, self.memory_mask, self.cache)
+        return self.model.logits(h[:, -1:], self.cache)[:, :, 0]
+
+
+def forced_steps(
+    pattern: Pattern, prompt: torch.Tensor | None, special: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the pattern sequence is fixed by a prompt, and to what.
+
+    Args:
+        pattern: the pattern of the whole output (T frames).
+        prompt: (B, K, Tp) codes of the first Tp <= T frames, or None.
+        special: the id of empty slots.
+
+    Returns:
+        forced (K, S) bool and values (B, K, S): the prompt's tokens in its slots.
+    """
+    K, S = pattern.layout.shape
+    if prompt is None:
+        return torch.zeros(K, S, dtype=torch.bool), torch.zeros(0, K, S, dtype=torch.long)
+    B, Kp, Tp = prompt.shape
+    if Kp != K or Tp > pattern.n_frames:
+        raise ValueError(
+            f"prompt {tuple(prompt.shape)} does not fit {K} codebooks x {pattern.n_frames}"
+        )
+    padded = torch.full((B, K, pattern.n_frames), special, dtype=torch.long, device=prompt.device)
+    padded[:, :, :Tp] = prompt
+    forced = pattern.mask & (pattern.layout < Tp)
+    return forced, pattern.build(padded, special)
+
+
 @torch.no_grad()
 def generate(
     model: LM,
@@ -52,44 +115,63 @@ def generate(
     n_frames: int,
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
+    prompt: torch.Tensor | None = None,
+    use_cache: bool = True,
+    fast_kernel: bool = True,
 ) -> torch.Tensor:
-    """Samples codes for a batch of conditions.
+    """Samples codes for a batch of conditions, optionally continuing a prompt.
 
-    The conditional and, with guidance, the unconditional rows run as one batch; cross-attention keys
-    and values are computed once and self-attention keys and values grow in a preallocated cache.
+    The conditional and, with guidance, the null rows run as one batch (cfg_coef 1.0 runs no null
+    rows); cross-attention keys and values are computed once and self-attention keys and values grow
+    in a preallocated cache. The pattern's first step is fed the special token; slots the pattern
+    leaves empty are filled with it too, and the result is reverted to frames. A prompt's slots are
+    teacher-forced: the steps they fill entirely run as one chunk, later ones keep their prompt slots.
 
     Args:
         model: the LM (put in eval mode here).
         cond: (B, L, text_dim) text states.
         cond_mask: (B, L) bool.
-        n_frames: T, frames to generate.
+        n_frames: T, frames of the output, prompt included.
         sampling: guidance and sampling settings.
         generator: the torch RNG that makes sampling reproducible.
+        prompt: (B, K, Tp) codes (e.g. of an audio prompt) that the output starts with, or None.
+        use_cache: False recomputes the whole sequence at every step (slow; for testing).
+        fast_kernel: with the cache, run the step's projections through
+            :class:`musicgen.kernels.LinearKernel` (CPU float32, <= 4 rows; else ``F.linear``).
 
     Returns:
         codes (B, K, T) int64.
     """
     model.eval()
-    B, K = cond.shape[0], model.cfg.n_codebooks
+    B, K, special = cond.shape[0], model.cfg.n_codebooks, model.special
+    device = cond.device
     guided = sampling.cfg_coef != 1.0
+    memory, memory_mask = model.condition(cond, cond_mask)
     if guided:
-        null, null_mask = null_condition(cond, cond_mask)
-        cond, cond_mask = torch.cat([cond, null]), torch.cat([cond_mask, null_mask])
+        null, null_mask = model.condition(*null_condition(cond, cond_mask))
+        memory, memory_mask = torch.cat([memory, null]), torch.cat([memory_mask, null_mask])
     pattern = model.pattern(n_frames)
-    valid = pattern.mask.to(cond.device)  # (K, S)
-    seq = torch.full((B, K, pattern.n_steps), model.special, dtype=torch.long, device=cond.device)
-    cache = model.new_cache(cond.shape[0], pattern.n_steps, cond.device, cond.dtype)
-    memory = model.text_proj(cond)
-    step_in = torch.full((cond.shape[0], K, 1), model.special, dtype=torch.long, device=cond.device)
-    for s in range(pattern.n_steps):
-        logits = model.decode_steps(step_in, memory, cond_mask, cache)[
-            :, :, -1
-        ]  # (B or 2B, K, card)
+    S = pattern.n_steps
+    forced, prompt_seq = forced_steps(pattern, prompt, special)
+    valid, forced, prompt_seq = pattern.mask.to(device), forced.to(device), prompt_seq.to(device)
+    seq = torch.full((B, K, S), special, dtype=torch.long, device=device)
+    if prompt is not None:
+        seq = torch.where(forced, prompt_seq, seq)
+    open_steps = (valid & ~forced).any(dim=0).nonzero()
+    first = int(open_steps[0]) if len(open_steps) else S  # steps before it are all prompt
+    decoder = StepDecoder(
+        model, memory, memory_mask, S, use_cache, fast_kernel, n_cond=B if guided else None
+    )
+    steps = torch.cat([torch.full_like(seq[:, :, :1], special), seq[:, :, :first]], dim=2)
+    for s in range(first, S):
+        logits = decoder(steps.repeat(2, 1, 1) if guided else steps)  # (B or 2B, K, card)
         if guided:
-            cond_logits, uncond_logits = logits.float().split(B)
-            logits = uncond_logits + (cond_logits - uncond_logits) * sampling.cfg_coef
+            cond_logits, null_logits = logits.float().split(B)
+            logits = null_logits + (cond_logits - null_logits) * sampling.cfg_coef
         tokens = sample_next(logits.reshape(B * K, -1), sampling, generator).view(B, K)
-        tokens = torch.where(valid[:, s], tokens, model.special)
+        tokens = torch.where(valid[:, s], tokens, special)
+        if prompt is not None:
+            tokens = torch.where(forced[:, s], prompt_seq[:, :, s], tokens)
         seq[:, :, s] = tokens
-        step_in = (torch.cat([tokens, tokens]) if guided else tokens).unsqueeze(-1)
+        steps = tokens.unsqueeze(-1)
     return pattern.revert(seq)

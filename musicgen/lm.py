@@ -3,7 +3,8 @@
 Architecture as in MusicGen (audiocraft ``LMModel``, Hugging Face ``MusicgenForCausalLM``): one
 embedding table per codebook (``card + 1`` rows; id ``card`` is the special token), summed, plus
 sinusoidal positions; pre-norm blocks of causal self-attention, cross-attention to the projected text
-states and a GELU feed-forward; a final LayerNorm; one linear head per codebook.
+states (zeroed where padded) and a GELU feed-forward; a final LayerNorm; one linear head per codebook.
+Hugging Face checkpoints convert to it exactly (``musicgen.convert``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musicgen.kernels import LinearKernel
 from musicgen.patterns import Pattern, make_pattern
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -56,6 +58,9 @@ def sinusoidal_positions(
 ) -> torch.Tensor:
     """MusicGen's sinusoidal embedding, ``[cos, sin]`` halves.
 
+    The frequencies are computed in the same order of float32 operations as Hugging Face's
+    ``MusicgenSinusoidalPositionalEmbedding``, so that positions agree bit for bit.
+
     Args:
         positions: (S,) integer positions.
         dim: the embedding width (even).
@@ -64,13 +69,21 @@ def sinusoidal_positions(
         (S, dim) float32.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - 1))
-    angles = positions.float().unsqueeze(1) * freqs.to(positions.device).unsqueeze(0)  # (S, half)
+    step = math.log(max_period) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=positions.device).float() * -step)
+    angles = positions.float().unsqueeze(1) * freqs.unsqueeze(0)  # (S, half)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 class KVCache:
-    """Self-attention keys and values for each layer, preallocated to ``max_len`` steps."""
+    """Self-attention keys and values for each layer, preallocated to ``max_len`` steps.
+
+    ``kernel``, if given, runs the step's projections (:class:`musicgen.kernels.LinearKernel`: a
+    few rows times each weight, read once; ~2x BLAS for 2 rows on CPU). ``n_cond``, if given, says
+    that only the first ``n_cond`` rows have a text condition and the others are null conditions
+    (classifier-free guidance): their cross-attention output is exactly zero (all-zero memory, see
+    ``LM.condition``), so it is not computed.
+    """
 
     def __init__(
         self,
@@ -81,13 +94,23 @@ class KVCache:
         max_len: int,
         device: torch.device,
         dtype: torch.dtype,
+        kernel: LinearKernel | None = None,
+        n_cond: int | None = None,
     ):
         shape = (batch, n_heads, max_len, head_dim)
+        self.kernel, self.n_cond = kernel, n_cond
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.length = 0  # steps written so far
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
         self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
+
+
+def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    """``layer(x)``, through the decoding kernel when the cache asks for it."""
+    if cache is not None and cache.kernel is not None:
+        return cache.kernel(layer, x)
+    return layer(x)
 
 
 class Attention(nn.Module):
@@ -114,14 +137,21 @@ class Attention(nn.Module):
         v: torch.Tensor,
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Scaled dot-product attention over heads; returns (B, S, D)."""
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
-        )
+        """Scaled dot-product attention over heads, then the output projection; (B, S, D)."""
+        if q.shape[2] == 1 and not self.training:  # a decoding step: plain matmuls are faster
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, H, 1, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = torch.matmul(scores.softmax(dim=-1), v)  # (B, H, 1, hd)
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+            )
         B, H, S, hd = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(B, S, H * hd))
+        return project(self.out_proj, y.transpose(1, 2).reshape(B, S, H * hd), cache)
 
 
 class Block(nn.Module):
@@ -140,7 +170,7 @@ class Block(nn.Module):
 
     def self_attention(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
         a = self.self_attn
-        q, k, v = a.heads(a.q_proj(x)), a.heads(a.k_proj(x)), a.heads(a.v_proj(x))
+        q, k, v = (a.heads(project(p, x, cache)) for p in (a.q_proj, a.k_proj, a.v_proj))
         if cache is None:
             return a.attend(q, k, v, is_causal=True)
         start, n = cache.length, x.shape[1]
@@ -148,9 +178,9 @@ class Block(nn.Module):
         cache.v[layer][:, :, start : start + n] = v
         k, v = cache.k[layer][:, :, : start + n], cache.v[layer][:, :, : start + n]
         if n == 1:
-            return a.attend(q, k, v)
+            return a.attend(q, k, v, cache=cache)
         causal = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
-        return a.attend(q, k, v, mask=causal)
+        return a.attend(q, k, v, mask=causal, cache=cache)
 
     def cross_attention(
         self,
@@ -161,16 +191,22 @@ class Block(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         a = self.cross_attn
+        rows = x.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
         if cache is not None and len(cache.cross) > layer:
             k, v = cache.cross[layer]
             mask = cache.cross_mask
         else:
+            memory = memory[:rows]
             k, v = a.heads(a.k_proj(memory)), a.heads(a.v_proj(memory))
-            mask = memory_mask[:, None, None, :]  # (B, 1, 1, L)
+            mask = memory_mask[:rows, None, None, :]  # (rows, 1, 1, L)
             if cache is not None:
                 cache.cross.append((k, v))
                 cache.cross_mask = mask
-        return a.attend(a.heads(a.q_proj(x)), k, v, mask=mask)
+        q = a.heads(project(a.q_proj, x[:rows], cache))
+        y = a.attend(q, k, v, mask=mask, cache=cache)  # (rows, S, D)
+        if rows < x.shape[0]:  # null rows: exactly zero
+            y = torch.cat([y, y.new_zeros(x.shape[0] - rows, *y.shape[1:])])
+        return y
 
     def forward(
         self,
@@ -184,25 +220,24 @@ class Block(nn.Module):
         x = x + self.drop(
             self.cross_attention(self.cross_attn_layer_norm(x), memory, memory_mask, cache, layer)
         )
-        h = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
-        return x + self.drop(h)
+        h = F.gelu(project(self.fc1, self.final_layer_norm(x), cache))
+        return x + self.drop(project(self.fc2, h, cache))
 
 
 def null_condition(
     cond: torch.Tensor, cond_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The condition of classifier-free guidance's unconditional rows: zero states.
+    """The condition of classifier-free guidance's unconditional rows: no text at all.
 
-    One position is left attendable so that attention stays defined; as every key is the same, the
-    result equals attending uniformly over an all-zero sequence.
+    Zero states with every position masked. ``LM.condition`` zeroes masked positions after the text
+    projection, so the null row's memory is all zeros and its cross-attention output is exactly zero,
+    as in audiocraft (a masked empty text) and Hugging Face (zero encoder states, zero mask).
 
     Args:
         cond: (B, L, D) text states.
         cond_mask: (B, L) bool, True for real tokens.
     """
-    mask = torch.zeros_like(cond_mask)
-    mask[:, 0] = True
-    return torch.zeros_like(cond), mask
+    return torch.zeros_like(cond), torch.zeros_like(cond_mask)
 
 
 def drop_condition(
@@ -267,6 +302,29 @@ class LM(nn.Module):
     def pattern(self, n_frames: int) -> Pattern:
         return make_pattern(self.cfg.pattern, self.cfg.n_codebooks, n_frames, self.cfg.delays)
 
+    def condition(
+        self, cond: torch.Tensor, cond_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention memory: projected text states, zero where masked, and its mask.
+
+        As in audiocraft's T5 conditioner and Hugging Face's ``MusicgenForConditionalGeneration``,
+        padded positions are zeroed after the projection (its bias included). A row without any real
+        token (the null condition) attends to all its positions: they are all zero, so its
+        cross-attention output is exactly zero, which is also what Hugging Face computes for an
+        all-zero encoder mask.
+
+        Args:
+            cond: (B, L, text_dim) text states.
+            cond_mask: (B, L) bool, True for real tokens.
+
+        Returns:
+            memory (B, L, D) and memory_mask (B, L) bool.
+        """
+        memory = self.text_proj(cond)
+        memory = memory * cond_mask.unsqueeze(-1).to(memory.dtype)
+        empty = ~cond_mask.any(dim=1, keepdim=True)  # (B, 1)
+        return memory, cond_mask | empty
+
     def embed_steps(self, seq: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Summed codebook embeddings plus positions: (B, K, S) -> (B, S, D)."""
         x = sum(emb(seq[:, k]) for k, emb in enumerate(self.embed))
@@ -284,8 +342,8 @@ class LM(nn.Module):
 
         Args:
             seq: (B, K, S) input tokens.
-            memory: (B, L, D) projected text states (None when cached).
-            memory_mask: (B, L) bool.
+            memory: (B, L, D) projected text states from ``condition`` (None when cached).
+            memory_mask: (B, L) bool from ``condition``.
             cache: the KV cache for incremental decoding, or None.
 
         Returns:
@@ -305,9 +363,16 @@ class LM(nn.Module):
         memory_mask: torch.Tensor | None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Logits (B, K, S, card) of every codebook at every input step (see ``hidden_steps``)."""
-        h = self.hidden_steps(seq, memory, memory_mask, cache)
-        return torch.stack([head(h) for head in self.heads], dim=1)
+        """Logits (B, K, S, card) of every codebook at every input step (see ``hidden_steps``).
+
+        This is the interleaved-sequence interface, the counterpart of Hugging Face's
+        ``MusicgenForCausalLM`` on ``input_ids`` (B * K, S).
+        """
+        return self.logits(self.hidden_steps(seq, memory, memory_mask, cache))
+
+    def logits(self, h: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Every codebook's head: hidden states (B, S, D) -> logits (B, K, S, card)."""
+        return torch.stack([project(head, h, cache) for head in self.heads], dim=1)
 
     def forward(
         self,
@@ -332,16 +397,29 @@ class LM(nn.Module):
         seq = pattern.build(codes, self.special)  # (B, K, S)
         start = torch.full_like(seq[:, :, :1], self.special)
         inputs = torch.cat([start, seq[:, :, :-1]], dim=2)  # step s sees the sequence up to s - 1
-        h = self.hidden_steps(inputs, self.text_proj(cond), cond_mask)  # (B, S, D)
+        h = self.hidden_steps(inputs, *self.condition(cond, cond_mask))  # (B, S, D)
         inv = pattern.inverse().to(h.device)  # (K, T): the step of each (k, t)
         # Heads only where the pattern puts codes: the same as reverting full logits, cheaper.
         logits = torch.stack([head(h[:, inv[k]]) for k, head in enumerate(self.heads)], dim=1)
         return logits, masked_codebook_ce(logits, codes, frame_mask)
 
     def new_cache(
-        self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+        self,
+        batch: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        fast_kernel: bool = False,
+        n_cond: int | None = None,
     ) -> KVCache:
+        """A cache for ``batch`` rows and ``max_len`` steps (see :class:`KVCache`).
+
+        ``fast_kernel`` adds a :class:`LinearKernel`; ``n_cond`` rows have a text condition, the
+        rest are null conditions (None: all rows have one).
+        """
         cfg = self.cfg
+        head_dim = cfg.d_model // cfg.n_heads
+        kernel = LinearKernel(self) if fast_kernel else None
         return KVCache(
-            cfg.n_layers, batch, cfg.n_heads, cfg.d_model // cfg.n_heads, max_len, device, dtype
+            cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
         )

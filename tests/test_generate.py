@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from musicgen.generate import SamplingConfig, generate, sample_next
-from musicgen.lm import LM, LMConfig
+from musicgen.lm import LM, LMConfig, null_condition
 from musicgen.patterns import PATTERNS
+
+GREEDY_CFG = SamplingConfig(cfg_coef=3.0, temperature=0)
 
 
 def tiny(pattern="delay"):
@@ -36,9 +38,7 @@ def test_cfg_combines_conditional_and_null_logits():
     cond, mask = condition(1)
     coef = 2.5
     codes = generate(model, cond, mask, 4, SamplingConfig(cfg_coef=coef, temperature=0))
-    null = torch.zeros_like(cond)
-    null_mask = torch.zeros_like(mask)
-    null_mask[:, 0] = True
+    null, null_mask = null_condition(cond, mask)
     lc, _ = model(codes, cond, mask)
     lu, _ = model(codes, null, null_mask)
     assert torch.equal((lu + (lc - lu) * coef).argmax(-1), codes)
@@ -62,3 +62,85 @@ def test_top_k_and_top_p_restrict_the_support():
     p = sample_next(logits, SamplingConfig(top_k=0, top_p=0.6), g)
     assert set(p.tolist()) == {0, 1}  # 0.5 < 0.6, so the second token is still needed
     assert torch.all(sample_next(logits, SamplingConfig(temperature=0), g) == 0)
+
+
+def prompt_codes(B=2, Tp=3, card=64):
+    return torch.randint(0, card, (B, 4, Tp), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_cached_generation_equals_full_recompute(pattern):
+    model = tiny(pattern)
+    cond, mask = condition()
+    cached = generate(model, cond, mask, 6, GREEDY_CFG)
+    assert torch.equal(cached, generate(model, cond, mask, 6, GREEDY_CFG, use_cache=False))
+    sampled = SamplingConfig(cfg_coef=3.0, top_k=20, top_p=0.9, temperature=1.2)
+    a = generate(model, cond, mask, 6, sampled, torch.Generator().manual_seed(1))
+    b = generate(model, cond, mask, 6, sampled, torch.Generator().manual_seed(1), use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_cfg_one_runs_the_conditional_rows_only(monkeypatch):
+    model = tiny()
+    cond, mask = condition()
+    batches = []
+    hidden_steps = model.hidden_steps
+    monkeypatch.setattr(
+        model, "hidden_steps", lambda seq, *a: batches.append(seq.shape[0]) or hidden_steps(seq, *a)
+    )
+    generate(model, cond, mask, 4, SamplingConfig(cfg_coef=1.0, temperature=0))
+    assert set(batches) == {2}
+    batches.clear()
+    generate(model, cond, mask, 4, GREEDY_CFG)
+    assert set(batches) == {4}
+
+
+def test_batch_rows_are_generated_independently():
+    model = tiny()
+    cond, mask = condition()
+    mask[1, 2:] = False
+    both = generate(model, cond, mask, 5, GREEDY_CFG)
+    for i in range(2):
+        alone = generate(model, cond[i : i + 1], mask[i : i + 1], 5, GREEDY_CFG)
+        assert torch.equal(both[i : i + 1], alone)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_continuation_keeps_the_prompt_and_continues_it_greedily(pattern):
+    model = tiny(pattern)
+    cond, mask = condition()
+    prompt = prompt_codes()
+    sampling = SamplingConfig(cfg_coef=1.0, temperature=0)
+    codes = generate(model, cond, mask, 7, sampling, prompt=prompt)
+    assert codes.shape == (2, 4, 7) and torch.equal(codes[:, :, :3], prompt)
+    logits, _ = model(codes, cond, mask)  # the teacher-forced pass over prompt + continuation
+    assert torch.equal(logits.argmax(-1)[:, :, 3:], codes[:, :, 3:])
+    assert torch.equal(
+        codes, generate(model, cond, mask, 7, sampling, prompt=prompt, use_cache=False)
+    )
+
+
+def test_continuation_with_guidance_equals_full_recompute_and_a_full_prompt_is_returned():
+    model = tiny()
+    cond, mask = condition()
+    prompt = prompt_codes()
+    codes = generate(model, cond, mask, 6, GREEDY_CFG, prompt=prompt)
+    assert torch.equal(codes[:, :, :3], prompt)
+    assert torch.equal(
+        codes, generate(model, cond, mask, 6, GREEDY_CFG, prompt=prompt, use_cache=False)
+    )
+    assert torch.equal(generate(model, cond, mask, 3, GREEDY_CFG, prompt=prompt), prompt)
+    with pytest.raises(ValueError, match="does not fit"):
+        generate(model, cond, mask, 2, GREEDY_CFG, prompt=prompt)
+
+
+def test_sampled_continuation_is_seeded():
+    model = tiny()
+    cond, mask = condition()
+    prompt = prompt_codes()
+    cfg = SamplingConfig(cfg_coef=3.0, top_k=10, temperature=1.0)
+    a = generate(model, cond, mask, 6, cfg, torch.Generator().manual_seed(7), prompt=prompt)
+    b = generate(model, cond, mask, 6, cfg, torch.Generator().manual_seed(7), prompt=prompt)
+    c = generate(model, cond, mask, 6, cfg, torch.Generator().manual_seed(8), prompt=prompt)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, :, :3], prompt) and torch.equal(c[:, :, :3], prompt)

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from musicgen.lm import LM, PRESETS, LMConfig, drop_condition, masked_codebook_ce
+from musicgen.lm import (
+    LM,
+    PRESETS,
+    LMConfig,
+    drop_condition,
+    masked_codebook_ce,
+    null_condition,
+)
 from musicgen.patterns import PATTERNS
 
 
@@ -70,7 +77,7 @@ def test_kv_cache_matches_full_pass():
     pattern = model.pattern(9)
     seq = pattern.build(codes, model.special)
     seq_in = torch.cat([torch.full_like(seq[:, :, :1], model.special), seq[:, :, :-1]], dim=2)
-    memory = model.text_proj(cond)
+    memory, mask = model.condition(cond, mask)
     full = model.decode_steps(seq_in, memory, mask)
     cache = model.new_cache(2, seq_in.shape[2], torch.device("cpu"), torch.float32)
     parts = [model.decode_steps(seq_in[:, :, :4], memory, mask, cache)]
@@ -96,8 +103,33 @@ def test_masked_ce_ignores_padded_frames():
 def test_drop_condition_replaces_only_dropped_rows():
     _, cond, mask = inputs()
     new, new_mask = drop_condition(cond, mask, torch.tensor([True, False]))
-    assert torch.all(new[0] == 0) and new_mask[0].tolist() == [True, False, False, False, False]
+    assert torch.all(new[0] == 0) and not new_mask[0].any()
     assert torch.equal(new[1], cond[1]) and torch.equal(new_mask[1], mask[1])
+
+
+def test_condition_zeroes_padding_after_the_projection():
+    model = tiny()
+    torch.nn.init.normal_(model.text_proj.bias)
+    _, cond, mask = inputs()
+    memory, memory_mask = model.condition(cond, mask)
+    assert torch.equal(memory_mask, mask)
+    assert torch.all(memory[1, 3:] == 0) and torch.all(memory[0] != 0)
+    assert torch.allclose(memory[1, :3], model.text_proj(cond[1, :3]))
+
+
+def test_null_condition_contributes_nothing_through_cross_attention():
+    """The null rows' logits equal those of the same LM with its cross-attention removed."""
+    model = tiny()
+    torch.nn.init.normal_(model.text_proj.bias)  # the projection of zeros is not zero
+    codes, cond, mask = inputs()
+    null, null_mask = null_condition(cond, mask)
+    memory, memory_mask = model.condition(null, null_mask)
+    assert torch.all(memory == 0) and memory_mask.all()  # attends to zeros only
+    logits, _ = model(codes, null, null_mask)
+    for layer in model.layers:
+        layer.cross_attn.out_proj.weight.data.zero_()
+    without_cross, _ = model(codes, cond, mask)
+    assert torch.allclose(logits, without_cross, atol=1e-6)
 
 
 def test_presets():
