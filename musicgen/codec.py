@@ -478,8 +478,9 @@ def _init_centroids(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
     first = torch.full((int(inverse.max()) + 1,), perm.numel(), dtype=torch.int64)
     first = first.scatter_reduce(0, inverse, pos, reduce="amin")
     chosen = perm[first.sort().values]  # distinct rows, in random order
-    if chosen.numel() < k:  # fewer distinct rows than k: pad with repeats (they stay unused)
-        chosen = torch.cat([chosen, perm[: k - chosen.numel()]])
+    missing = k - chosen.numel()
+    if missing > 0:  # fewer distinct rows than k: pad with repeats (they stay unused)
+        chosen = torch.cat([chosen, perm.repeat(-(-missing // perm.numel()))[:missing]])
     return x[chosen[:k]].clone()
 
 

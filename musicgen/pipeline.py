@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from musicgen.data.audio import ResampleConfig, load_clips, resample_clips, write_wav
-from musicgen.data.splits import SPLITS, make_splits
+from musicgen.data.splits import SPLITS, SplitConfig, filter_clips, make_splits
 from musicgen.data.store import CodesAndText, load_tokens, save_table, save_text, save_tokens
 from musicgen.lm import LM, LMConfig
 from musicgen.params import config_hash, write_json
@@ -25,25 +26,50 @@ from musicgen.params import config_hash, write_json
 log = logging.getLogger(__name__)
 
 METADATA = "metadata.csv"  # MusicCaps columns, one row per clip
-STATUS = "status.csv"  # ytid, status, reason, duration, bytes
+STATUS = "status.csv"  # ytid, status, reason, duration, bytes (musiccaps: and attempts)
 AUDIO = "audio"
 
 
 # ---------------------------------------------------------------------------------------- data
-def download(params: dict, out_dir: Path, progress: bool = True) -> None:
+def download(params: dict, out_dir: Path, store_dir: Path, progress: bool = True) -> None:
     """The download stage: clips in ``out_dir/audio``, ``metadata.csv`` and ``status.csv``.
 
+    ``metadata.csv`` lists every clip of the source with the MusicCaps columns; ``status.csv`` says
+    what became of each (``ok`` or why not); only ``ok`` clips have a file. ``store_dir`` is the
+    persistent store of downloads (a ``persist`` output), which outlives the stage's reruns.
+
     Args:
-        params: the ``data`` section.
+        params: the ``data`` section: ``source`` is ``synthetic``, ``musiccaps`` or ``folder``.
     """
+    source, audio_dir = params["source"], out_dir / AUDIO
+    shutil.rmtree(audio_dir, ignore_errors=True)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    if source == "synthetic":
+        metadata, status = synthetic_source(params["synthetic"], audio_dir, progress)
+    elif source == "musiccaps":
+        from musicgen.data.musiccaps import MusicCapsConfig, fetch_musiccaps
+
+        cfg = MusicCapsConfig(**params["musiccaps"])
+        metadata, status = fetch_musiccaps(cfg, store_dir / "musiccaps", audio_dir, progress)
+    elif source == "folder":
+        from musicgen.data.folder import FolderConfig, import_folder
+
+        metadata, status = import_folder(FolderConfig(**params["folder"]), audio_dir, progress)
+    else:
+        raise ValueError(f"data.source must be synthetic, musiccaps or folder, not {source!r}")
+    save_table(out_dir / METADATA, metadata)
+    save_table(out_dir / STATUS, status)
+    log.info("download: %s", status["status"].value_counts().to_dict())
+
+
+def synthetic_source(
+    params: dict, audio_dir: Path, progress: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The synthetic set: its metadata, and a status table in which every clip is ``ok``."""
     from musicgen.data.synthetic import SyntheticConfig, make_synthetic_dataset
 
-    source = params["source"]
-    if source != "synthetic":
-        raise ValueError(f"data.source '{source}' is not available yet; use 'synthetic'")
-    cfg = SyntheticConfig(**params["synthetic"])
-    metadata = make_synthetic_dataset(out_dir / AUDIO, cfg, progress=progress)
-    sizes = [(out_dir / AUDIO / f"{y}.wav").stat().st_size for y in metadata["ytid"]]
+    metadata = make_synthetic_dataset(audio_dir, SyntheticConfig(**params), progress=progress)
+    sizes = [(audio_dir / f"{y}.wav").stat().st_size for y in metadata["ytid"]]
     status = pd.DataFrame(
         {
             "ytid": metadata["ytid"],
@@ -53,8 +79,7 @@ def download(params: dict, out_dir: Path, progress: bool = True) -> None:
             "bytes": sizes,
         }
     )
-    save_table(out_dir / METADATA, metadata)
-    save_table(out_dir / STATUS, status)
+    return metadata, status
 
 
 def read_metadata(raw_dir: Path) -> pd.DataFrame:
@@ -78,21 +103,21 @@ def read_split(split_dir: Path, name: str) -> list[str]:
 
 
 def split(params: dict, raw_dir: Path, audio_dir: Path, out_dir: Path, metrics_path: Path) -> None:
-    """The split stage: ``train.txt``, ``valid.txt``, ``test.txt`` and their counts as metrics.
+    """The split stage: ``train.txt``, ``valid.txt``, ``test.txt``; counts as metrics.
+
+    The metrics count the listed, usable (downloaded and resampled) and kept clips, what each
+    filter removed, and each split.
 
     Args:
         params: the ``split`` section.
     """
+    cfg = SplitConfig(**params)
     metadata = read_metadata(raw_dir)
     manifest = pd.read_csv(audio_dir / "manifest.csv", dtype={"ytid": str})
-    usable = set(manifest.loc[manifest["status"] == "ok", "ytid"])
-    splits = make_splits(
-        metadata,
-        usable,
-        tuple(params["fractions"]),
-        params["seed"],
-        params.get("exclude_keywords") or [],
-    )
+    ok = manifest[manifest["status"] == "ok"]
+    durations = dict(zip(ok["ytid"], ok["orig_samples"] / ok["orig_rate"], strict=True))
+    kept, filtered = filter_clips(metadata, durations, cfg)
+    splits = make_splits(kept, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in splits.items():
         (out_dir / f"{name}.txt").write_text("".join(f"{y}\n" for y in ids))
@@ -100,7 +125,9 @@ def split(params: dict, raw_dir: Path, audio_dir: Path, out_dir: Path, metrics_p
         metrics_path,
         {
             "clips_listed": len(metadata),
-            "clips_usable": len(usable),
+            "clips_usable": len(durations),
+            "clips_kept": len(kept),
+            **filtered,
             **{f"clips_{name}": len(ids) for name, ids in splits.items()},
         },
     )

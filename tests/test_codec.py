@@ -133,6 +133,15 @@ def test_held_tone_latent_does_not_depend_on_its_phase() -> None:
     assert (louder - z[:1]).abs().max() / z.abs().max() > 0.5  # level still matters
 
 
+def test_fit_with_fewer_frames_than_codes() -> None:
+    model = build_tiny_codec(tiny_cfg(2048))
+    audio = make_audio(2, 0.5)  # 2 x 25 frames for 2048 codes
+    fit_codebooks(model, audio, n_iter=2, progress=False)
+    codes = encode(model, audio)
+    assert codes.shape == (2, 4, 25) and codes.max() < 2048
+    assert len(torch.unique(codes[:, 0])) > 1
+
+
 def test_odd_num_filters_is_rejected() -> None:
     with pytest.raises(ValueError, match="num_filters"):
         build_tiny_codec(TinyCodecConfig(num_filters=7))

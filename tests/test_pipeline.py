@@ -7,57 +7,10 @@ training metrics.
 
 import hashlib
 import json
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = {
-    "download",
-    "resample",
-    "split",
-    "codec_model",
-    "text_model",
-    "tokenize",
-    "encode_text",
-}
-
-SMALL = {  # a few clips, short, few steps: the same code paths in a minute or two
-    ("data", "synthetic", "n_clips"): 36,
-    ("data", "synthetic", "duration_s"): 2,
-    ("resample", "duration_s"): 2,
-    ("codec", "fit", "max_frames"): 3000,
-    ("codec", "fit", "n_iter"): 4,
-    ("text", "tiny", "vocab_size"): 200,
-    ("train", "steps"): 12,
-    ("train", "warmup_steps"): 2,
-    ("train", "eval_every"): 6,
-    ("train", "checkpoint_every"): 6,
-    ("generate", "max_items"): 6,
-}
-
-
-def run(args, cwd, **kw):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kw)
-    assert out.returncode == 0, f"{args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout + out.stderr
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
 
 
 def digest(path: Path) -> str:
@@ -72,31 +25,7 @@ def digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC copy of the project with the small params, after one full `dvc repro`."""
-    dst = tmp_path_factory.mktemp("pipeline")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (
-            (ROOT / name).is_file()
-            and not name.startswith(("metrics/", "plots/"))
-            and name != "dvc.lock"
-        ):
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dst / name)
-    yaml = YAML()
-    params = yaml.load(dst / "params.yaml")
-    for keys, value in SMALL.items():
-        node = params
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    yaml.dump(params, dst / "params.yaml")
-    run(["git", "init", "-q"], dst)
+    dst = copy_project(tmp_path_factory.mktemp("pipeline"), SMALL)
     first = run(["dvc", "repro"], dst)
     assert ran_stages(first) == DATA_STAGES | {"train", "generate", "evaluate"}
     run(["git", "add", "-A"], dst)
@@ -123,6 +52,19 @@ def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
     assert "val_ce" in diff.get("metrics/train.json", {})
     status = run(["dvc", "status"], repo)
     assert "up to date" in status
+
+
+@pytest.mark.parametrize("pattern", ["parallel", "unroll", "coarse_first"])
+def test_each_pattern_trains_through_an_experiment(repo, pattern):
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    out = run(["dvc", "exp", "run", "-S", f"lm.pattern={pattern}"], repo)
+    assert ran_stages(out) == {"train", "generate", "evaluate"}
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["val_ce_raw"] < train["val_ce_init"]  # it learned something
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert evaluation["fd_clips"] == 6
+    params = json.loads(run(["dvc", "params", "diff", "--json"], repo))
+    assert params["params.yaml"]["lm.pattern"]["new"] == pattern
 
 
 def test_repro_force_is_byte_identical(repo):

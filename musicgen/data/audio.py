@@ -71,18 +71,51 @@ def audio_problem(audio: np.ndarray) -> str | None:
     return None
 
 
+def normalise_loudness(
+    audio: np.ndarray, target_db: float, peak_db: float
+) -> tuple[np.ndarray, float]:
+    """Scales (S,) audio to an RMS level of ``target_db`` dBFS, its peak kept at most ``peak_db``.
+
+    A plain RMS level (no K-weighting or gating, so not LUFS): the gain is
+    ``target_db - rms_db``, lowered where needed so that the sample peak stays at ``peak_db`` dBFS
+    (nothing is clipped or limited).
+
+    Returns:
+        the scaled audio and the gain in dB.
+    """
+    rms_db = 20 * np.log10(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    peak_db_now = 20 * np.log10(np.abs(audio).max())
+    gain_db = min(target_db - rms_db, peak_db - peak_db_now)
+    return (audio * 10 ** (gain_db / 20)).astype(np.float32), float(gain_db)
+
+
 @dataclass
 class ResampleConfig:
-    sample_rate: int = 32000  # the codec's rate
-    duration_s: float = 10.0  # every clip is padded or cropped to this length
-    subtype: str = "PCM_16"  # WAV sample format of the output
+    """The output format and length policy of the resample stage.
+
+    Attributes:
+        sample_rate: The codec's rate.
+        duration_s: Every clip is cropped (its end cut) or zero-padded (at the end) to this length.
+        subtype: WAV sample format of the output.
+        loudness_db: If set, each clip is scaled to this RMS level in dBFS (e.g. -20.0), the
+            gain lowered where needed to keep its peak at ``peak_db`` (:func:`normalise_loudness`);
+            the manifest then gets a ``gain_db`` column. None: levels are left as they are.
+        peak_db: The peak ceiling of the loudness normalisation, dBFS.
+    """
+
+    sample_rate: int = 32000
+    duration_s: float = 10.0
+    subtype: str = "PCM_16"
+    loudness_db: float | None = None
+    peak_db: float = -1.0
 
 
 def resample_clip(src: Path, dst: Path, cfg: ResampleConfig) -> dict:
     """Reads one clip, makes it mono at ``cfg.sample_rate`` and ``cfg.duration_s``, writes it.
 
     Returns:
-        a manifest row: status ``ok`` or ``skipped`` with the reason, and what was done.
+        a manifest row: status ``ok`` or ``skipped`` with the reason, and what was done
+        (``length_action``: none, padded or cropped; ``gain_db`` if loudness is normalised).
     """
     row: dict = {
         "status": "skipped",
@@ -98,11 +131,13 @@ def resample_clip(src: Path, dst: Path, cfg: ResampleConfig) -> dict:
         row["reason"] = f"unreadable: {e}".replace("\n", " ")
         return row
     row.update(orig_rate=sr, orig_channels=audio.shape[0], orig_samples=audio.shape[1])
-    problem = audio_problem(audio)
+    problem = audio_problem(audio) or audio_problem(to_mono(audio))  # channels may cancel out
     if problem:
         row["reason"] = problem
         return row
     mono = resample(to_mono(audio), sr, cfg.sample_rate)
+    if cfg.loudness_db is not None:
+        mono, row["gain_db"] = normalise_loudness(mono, cfg.loudness_db, cfg.peak_db)
     mono, action = fix_length(mono, round(cfg.duration_s * cfg.sample_rate))
     write_wav(dst, mono, cfg.sample_rate, cfg.subtype)
     row.update(status="ok", length_action=action)

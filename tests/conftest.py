@@ -1,0 +1,1 @@
+"""Puts tests/ on sys.path (pytest does for a conftest's folder): shared helpers import from it."""
