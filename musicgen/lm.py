@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicgen.kernels import LinearKernel
+from musicgen.kernels import LayerArrays, LinearKernel, decoder_layer_step
 from musicgen.patterns import Pattern, make_pattern
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -83,6 +84,11 @@ class KVCache:
     that only the first ``n_cond`` rows have a text condition and the others are null conditions
     (classifier-free guidance): their cross-attention output is exactly zero (all-zero memory, see
     ``LM.condition``), so it is not computed.
+
+    With a kernel, a step of one new position runs each layer in numba
+    (:func:`musicgen.kernels.decoder_layer_step`, see ``Block.forward``) on numpy views of the
+    layer's parameters and of this cache, kept in ``layer_arrays``; ``fused_steps`` counts those
+    layer steps.
     """
 
     def __init__(
@@ -104,6 +110,9 @@ class KVCache:
         self.length = 0  # steps written so far
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
         self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
+        self.layer_arrays: list[LayerArrays | None] = []  # per layer, for the fused step
+        self.fused_steps = 0
+        self.positions: torch.Tensor | None = None  # (max_len, D) sinusoidal, see LM.embed_steps
 
 
 def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
@@ -182,6 +191,30 @@ class Block(nn.Module):
         causal = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
         return a.attend(q, k, v, mask=causal, cache=cache)
 
+    def text_keys(
+        self,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (rows, H, L, hd) and mask (rows, 1, 1, L) of the text.
+
+        ``rows`` is the cache's ``n_cond`` if set, else all rows. With a cache they are computed
+        on the first call and kept (contiguous).
+        """
+        if cache is not None and len(cache.cross) > layer:
+            return *cache.cross[layer], cache.cross_mask
+        a = self.cross_attn
+        rows = memory.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
+        memory = memory[:rows]
+        k, v = (a.heads(p(memory)).contiguous() for p in (a.k_proj, a.v_proj))
+        mask = memory_mask[:rows, None, None, :]
+        if cache is not None:
+            cache.cross.append((k, v))
+            cache.cross_mask = mask
+        return k, v, mask
+
     def cross_attention(
         self,
         x: torch.Tensor,
@@ -191,17 +224,8 @@ class Block(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         a = self.cross_attn
-        rows = x.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
-        if cache is not None and len(cache.cross) > layer:
-            k, v = cache.cross[layer]
-            mask = cache.cross_mask
-        else:
-            memory = memory[:rows]
-            k, v = a.heads(a.k_proj(memory)), a.heads(a.v_proj(memory))
-            mask = memory_mask[:rows, None, None, :]  # (rows, 1, 1, L)
-            if cache is not None:
-                cache.cross.append((k, v))
-                cache.cross_mask = mask
+        k, v, mask = self.text_keys(memory, memory_mask, cache, layer)
+        rows = k.shape[0]
         q = a.heads(project(a.q_proj, x[:rows], cache))
         y = a.attend(q, k, v, mask=mask, cache=cache)  # (rows, S, D)
         if rows < x.shape[0]:  # null rows: exactly zero
@@ -216,12 +240,73 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
+        """(B, S, D) -> (B, S, D); a single new step with a kernel cache runs fused in numba."""
+        if (
+            cache is not None
+            and cache.kernel is not None
+            and x.shape[1] == 1
+            and not self.training
+            and cache.kernel.handles(x)
+        ):
+            arrays = self.step_arrays(memory, memory_mask, cache, layer)
+            if arrays is not None:
+                cache.fused_steps += 1
+                n_cond = x.shape[0] if cache.n_cond is None else cache.n_cond
+                x = x.reshape(x.shape[0], -1).contiguous().numpy()
+                y = decoder_layer_step(x, cache.length, n_cond, arrays)
+                return torch.from_numpy(y).unsqueeze(1)
         x = x + self.drop(self.self_attention(self.self_attn_layer_norm(x), cache, layer))
         x = x + self.drop(
             self.cross_attention(self.cross_attn_layer_norm(x), memory, memory_mask, cache, layer)
         )
         h = F.gelu(project(self.fc1, self.final_layer_norm(x), cache))
         return x + self.drop(project(self.fc2, h, cache))
+
+    def step_arrays(
+        self,
+        memory: torch.Tensor | None,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache,
+        layer: int,
+    ) -> LayerArrays | None:
+        """This layer's numpy views for the fused step, made on the first step and kept in the cache.
+
+        None (the torch path runs) if the kernel does not hold all the layer's weights or the
+        LayerNorms differ in ``eps``.
+        """
+        while len(cache.layer_arrays) <= layer:
+            cache.layer_arrays.append(None)
+        if cache.layer_arrays[layer] is None:
+            norms = (self.self_attn_layer_norm, self.cross_attn_layer_norm, self.final_layer_norm)
+            linears = (self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj)
+            linears += (self.self_attn.out_proj, self.cross_attn.q_proj, self.cross_attn.out_proj)
+            weights = [cache.kernel.weight(p) for p in (*linears, self.fc1, self.fc2)]
+            k_cache, v_cache = cache.k[layer], cache.v[layer]
+            if (
+                any(w is None for w in weights)
+                or len({n.eps for n in norms}) > 1
+                or not cache.kernel.handles(k_cache)
+            ):
+                return None
+            nw = [t.detach().numpy() for n in norms for t in (n.weight, n.bias)]
+            k, v, mask = self.text_keys(memory, memory_mask, cache, layer)
+            self_mask = np.ones((k_cache.shape[0], k_cache.shape[2]), dtype=bool)
+            cache.layer_arrays[layer] = LayerArrays(
+                norms[0].eps,
+                *nw[:2],
+                *weights[:4],
+                k_cache.numpy(),
+                v_cache.numpy(),
+                self_mask,
+                *nw[2:4],
+                *weights[4:6],
+                k.detach().numpy(),
+                v.detach().numpy(),
+                mask[:, 0, 0].contiguous().numpy(),
+                *nw[4:],
+                *weights[6:],
+            )
+        return cache.layer_arrays[layer]
 
 
 def null_condition(
@@ -325,11 +410,21 @@ class LM(nn.Module):
         empty = ~cond_mask.any(dim=1, keepdim=True)  # (B, 1)
         return memory, cond_mask | empty
 
-    def embed_steps(self, seq: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Summed codebook embeddings plus positions: (B, K, S) -> (B, S, D)."""
-        x = sum(emb(seq[:, k]) for k, emb in enumerate(self.embed))
-        pos = torch.arange(offset, offset + seq.shape[2], device=seq.device)
-        return x + sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
+    def embed_steps(
+        self, seq: torch.Tensor, offset: int = 0, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Summed codebook embeddings plus positions: (B, K, S) -> (B, S, D).
+
+        With a cache, the positions come from a table of all its steps, made on the first call.
+        """
+        x = sum(F.embedding(seq[:, k], emb.weight) for k, emb in enumerate(self.embed))
+        if cache is None:
+            pos = torch.arange(offset, offset + seq.shape[2], device=seq.device)
+            return x + sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
+        if cache.positions is None:
+            pos = torch.arange(cache.k[0].shape[2], device=seq.device)
+            cache.positions = sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
+        return x + cache.positions[offset : offset + seq.shape[2]]
 
     def hidden_steps(
         self,
@@ -349,7 +444,7 @@ class LM(nn.Module):
         Returns:
             (B, S, D) hidden states.
         """
-        x = self.embed_steps(seq, cache.length if cache is not None else 0)
+        x = self.embed_steps(seq, cache.length if cache is not None else 0, cache)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, memory_mask, cache, i)
         if cache is not None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from musicgen.generate import SamplingConfig, generate, sample_next
+from musicgen.generate import SamplingConfig, draw, generate, sample_next
 from musicgen.lm import LM, LMConfig, null_condition
 from musicgen.patterns import PATTERNS
 
@@ -144,3 +144,10 @@ def test_sampled_continuation_is_seeded():
     c = generate(model, cond, mask, 6, cfg, torch.Generator().manual_seed(8), prompt=prompt)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[:, :, :3], prompt) and torch.equal(c[:, :, :3], prompt)
+
+
+def test_draw_follows_the_probabilities():
+    probs = torch.tensor([[0.1, 0.0, 0.2, 0.7]]).expand(20000, -1)
+    tokens = draw(probs, torch.Generator().manual_seed(0))
+    freqs = torch.bincount(tokens, minlength=4).double() / len(tokens)
+    assert freqs[1] == 0 and torch.allclose(freqs, probs[0].double(), atol=0.015)
