@@ -33,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     njit = None
 
-MAX_ROWS = 4  # above this, BLAS's blocking wins (measured 8 rows: ~equal)
+MAX_ROWS = 4  # rows per kernel pass; LinearKernel leaves more rows (e.g. a prompt chunk) to BLAS
 
 
 def _kernel(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - jitted

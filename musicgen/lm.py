@@ -149,16 +149,10 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Scaled dot-product attention over heads, then the output projection; (B, S, D)."""
-        if q.shape[2] == 1 and not self.training:  # a decoding step: plain matmuls are faster
-            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (B, H, 1, S)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            y = torch.matmul(scores.softmax(dim=-1), v)  # (B, H, 1, hd)
-        else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
-            )
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+        )
         B, H, S, hd = y.shape
         return project(self.out_proj, y.transpose(1, 2).reshape(B, S, H * hd), cache)
 
