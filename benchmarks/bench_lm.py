@@ -34,8 +34,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from musicgen.convert import convert_hf
 from musicgen.generate import SamplingConfig, generate
-from musicgen.lm import LM, PRESETS
-from musicgen.pipeline import load_lm
+from musicgen.lm import LM, PRESETS, load_lm
 
 K, CARD, TEXT_LEN = 4, 2048, 24
 

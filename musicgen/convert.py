@@ -213,7 +213,7 @@ def convert_hf(src: str, dst: Path) -> LMConfig:
     Returns:
         the converted LM's config.
     """
-    from musicgen.pipeline import save_lm
+    from musicgen.lm import save_lm
 
     hf = load_hf_decoder(src)
     cfg = lm_config_from_hf(hf.config, hf.text_dim)

@@ -9,12 +9,15 @@ Hugging Face checkpoints convert to it exactly (``musicgen.convert``).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from musicgen.kernels import LayerArrays, LinearKernel, decoder_layer_step
@@ -512,3 +515,18 @@ class LM(nn.Module):
         return KVCache(
             cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
         )
+
+
+def save_lm(out_dir: Path, weights: dict[str, torch.Tensor], cfg: LMConfig) -> None:
+    """Writes ``model.safetensors`` and ``config.json``: the LM directory format."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out_dir / "model.safetensors"))
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_lm(lm_dir: Path, device: torch.device | str = "cpu") -> LM:
+    """The LM saved by :func:`save_lm` in ``lm_dir``, in eval mode on ``device``."""
+    cfg = LMConfig(**json.loads((lm_dir / "config.json").read_text()))
+    model = LM(cfg)
+    model.load_state_dict(load_file(str(lm_dir / "model.safetensors")))
+    return model.to(device).eval()

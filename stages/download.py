@@ -4,8 +4,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import sources
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, required=True, help="persistent store of downloads")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pipeline.download(load_params(args.params)["data"], args.out, args.store)
+    sources.download(load_params(args.params)["data"], args.out, args.store)
 
 
 if __name__ == "__main__":

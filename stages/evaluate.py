@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import evaluation
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
-    pipeline.evaluate(
+    evaluation.evaluate(
         params["evaluate"],
         params["resample"]["sample_rate"],
         args.lm,

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import generation
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.generate(
+    generation.generate(
         load_params(args.params)["generate"],
         args.lm,
         args.codec,

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import prepare
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.resample(load_params(args.params)["resample"], args.raw, args.out)
+    prepare.resample(load_params(args.params)["resample"], args.raw, args.out)
 
 
 if __name__ == "__main__":

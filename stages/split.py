@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import prepare
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.split(load_params(args.params)["split"], args.raw, args.audio, args.out, args.metrics)
+    prepare.split(load_params(args.params)["split"], args.raw, args.audio, args.out, args.metrics)
 
 
 if __name__ == "__main__":

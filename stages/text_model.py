@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import captions
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    pipeline.text_model(load_params(args.params)["text"], args.raw, args.split, args.out)
+    captions.text_model(load_params(args.params)["text"], args.raw, args.split, args.out)
 
 
 if __name__ == "__main__":

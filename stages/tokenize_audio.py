@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from musicgen import pipeline
 from musicgen.params import load_params
+from musicgen.pipeline import codes
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
-    pipeline.tokenize(
+    codes.tokenize(
         params["tokenize"],
         params["resample"]["sample_rate"],
         params["codec"]["n_codebooks"],

@@ -26,8 +26,7 @@ from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPos
 from musicgen.cli import main
 from musicgen.convert import UnsupportedCheckpoint, convert_hf
 from musicgen.generate import SamplingConfig, generate
-from musicgen.lm import LM, sinusoidal_positions
-from musicgen.pipeline import load_lm
+from musicgen.lm import LM, load_lm, sinusoidal_positions
 
 TOL = 1e-4  # max abs logit error, float32
 B, L = 2, 5  # batch, text length

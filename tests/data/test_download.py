@@ -15,7 +15,6 @@ import soundfile as sf
 from datahelpers import ROOT, TIMEOUT, ffmpeg_sine, peak_frequency
 from ruamel.yaml import YAML
 
-from musicgen import pipeline
 from musicgen.data.audio import read_audio
 from musicgen.data.download import (
     YTID_PATTERN,
@@ -27,6 +26,8 @@ from musicgen.data.download import (
 from musicgen.data.musiccaps import MUSICCAPS_CSV, read_musiccaps
 from musicgen.data.synthetic import MUSICCAPS_COLUMNS
 from musicgen.params import load_params
+from musicgen.pipeline import prepare, sources
+from musicgen.pipeline.common import read_metadata, read_split
 
 FAST = {"sleep_s": 0.01, "backoff_s": 0.05, "retries": 3, "timeout_s": 1.0}
 
@@ -89,7 +90,7 @@ def test_each_outcome_and_a_rerun_that_downloads_nothing(tmp_path, media_server)
     params = data_params(tmp_path, media_server, ids, cookies=str(cookies))
     raw, store = tmp_path / "raw", tmp_path / "downloads"
 
-    pipeline.download(params, raw, store, progress=False)
+    sources.download(params, raw, store, progress=False)
 
     status = pd.read_csv(raw / "status.csv", dtype={"ytid": str}, keep_default_na=False)
     assert list(status.columns) == ["ytid", "status", "reason", "duration", "bytes", "attempts"]
@@ -121,29 +122,27 @@ def test_each_outcome_and_a_rerun_that_downloads_nothing(tmp_path, media_server)
     assert_no_leftovers(store)
     assert "sid=abc" in media_server.cookies
     assert cookies.read_text().endswith("\tsid\tabc\n")  # yt-dlp wrote to a copy
-    metadata = pipeline.read_metadata(raw)
+    metadata = read_metadata(raw)
     assert metadata["ytid"].tolist() == ids and list(metadata.columns) == MUSICCAPS_COLUMNS
 
     requests = dict(media_server.requests)
-    pipeline.download(params, raw, store, progress=False)  # everything is settled already
+    sources.download(params, raw, store, progress=False)  # everything is settled already
     assert dict(media_server.requests) == requests
     assert pd.read_csv(raw / "status.csv", dtype={"ytid": str}, keep_default_na=False).equals(
         status
     )
     retry = {**params, "musiccaps": {**params["musiccaps"], "retry_unavailable": True}}
-    pipeline.download(retry, raw, store, progress=False)
+    sources.download(retry, raw, store, progress=False)
     assert media_server.count("goneClip404") == 2
     assert dict(media_server.requests) == requests | {"/v/goneClip404": 2}
 
     # the later stages take the downloaded clips as they are
     resample = {**load_params(ROOT / "params.yaml")["resample"], "duration_s": 1}
-    pipeline.resample(resample, raw, tmp_path / "audio", progress=False)
+    prepare.resample(resample, raw, tmp_path / "audio", progress=False)
     split = load_params(ROOT / "params.yaml")["split"]
-    pipeline.split(split, raw, tmp_path / "audio", tmp_path / "split", tmp_path / "split.json")
+    prepare.split(split, raw, tmp_path / "audio", tmp_path / "split", tmp_path / "split.json")
     listed = {
-        y
-        for name in ("train", "valid", "test")
-        for y in pipeline.read_split(tmp_path / "split", name)
+        y for name in ("train", "valid", "test") for y in read_split(tmp_path / "split", name)
     }
     assert listed == set(ok)
 
@@ -183,7 +182,7 @@ def test_a_killed_download_resumes_without_fetching_a_finished_clip_again(tmp_pa
 
     media_server.stall.clear()
     media_server.release.set()
-    pipeline.download(params["data"], raw, store, progress=False)
+    sources.download(params["data"], raw, store, progress=False)
 
     assert media_server.count(first) == fetched[first]
     assert media_server.count(second) > fetched[second]

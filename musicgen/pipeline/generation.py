@@ -1,0 +1,55 @@
+"""Stage generate: audio for each test caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicgen.data.audio import write_wav
+from musicgen.data.store import CodesAndText, save_tokens
+from musicgen.lm import load_lm
+from musicgen.pipeline.common import AUDIO, read_split
+
+
+def generate(
+    params: dict,
+    lm_dir: Path,
+    codec_dir: Path,
+    text_dir: Path,
+    tokens_dir: Path,
+    split_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> None:
+    """The generate stage: one wav per test caption in ``out_dir/audio`` and ``tokens/``."""
+    from tqdm import tqdm
+
+    from musicgen import codec as C
+    from musicgen.generate import SamplingConfig, generate
+
+    model = load_lm(lm_dir)
+    codec = C.load_codec(str(codec_dir))
+    test_ids = read_split(split_dir, "test")
+    if params["max_items"]:
+        test_ids = test_ids[: params["max_items"]]
+    data = CodesAndText(tokens_dir, text_dir, test_ids)
+    sampling = SamplingConfig(
+        cfg_coef=params["cfg_coef"],
+        top_k=params["top_k"],
+        top_p=params["top_p"],
+        temperature=params["temperature"],
+    )
+    n_frames = data.n_frames
+    generator = torch.Generator().manual_seed(params["seed"])
+    codes, bs = [], params["batch_size"]
+    rate = codec.config.sampling_rate
+    for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
+        b = data.batch(np.arange(i, min(i + bs, len(data))))
+        out = generate(model, b.cond, b.cond_mask, n_frames, sampling, generator)
+        audio = C.decode(codec, out).numpy()
+        for ytid, clip in zip(test_ids[i : i + bs], audio, strict=True):
+            write_wav(out_dir / AUDIO / f"{ytid}.wav", clip, rate)
+        codes.append(out.numpy())
+    save_tokens(out_dir / "tokens", test_ids, np.concatenate(codes))
