@@ -114,3 +114,25 @@ class CodesAndText:
             mask[i, :n] = True
         codes = torch.from_numpy(self.codes[rows].astype(np.int64))
         return Batch(codes, torch.from_numpy(cond), torch.from_numpy(mask))
+
+    def sample_batch(self, rows: np.ndarray, sample_ids: np.ndarray, seed: int) -> Batch:
+        """A training batch: clips ``rows`` (B,), each with a caption variant drawn at random.
+
+        Each variant is drawn over all of them, the clean caption (0) included, from
+        :func:`sample_rng` of its sample's index in the run's stream of samples, so the draw does not
+        depend on how a batch is cut into micro-batches or shared across processes.
+
+        Args:
+            rows: (B,) rows of this dataset.
+            sample_ids: (B,) the samples' global indices (step * global batch + position).
+            seed: the run's seed.
+        """
+        variants = np.array(
+            [sample_rng(seed, s).integers(self.n_variants) for s in sample_ids], dtype=int
+        )
+        return self.batch(rows, variants)
+
+
+def sample_rng(seed: int, sample_id: int) -> np.random.Generator:
+    """The random stream of one training sample (its caption's variant or word dropout)."""
+    return np.random.default_rng([seed, 1, int(sample_id)])
