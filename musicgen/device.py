@@ -1,0 +1,105 @@
+"""Where and in what precision a stage computes: one set of helpers for every compute stage.
+
+Each compute stage (tokenize, encode_text, train, generate, evaluate) reads a ``device`` param
+(``auto``: CUDA when present, else CPU; or any ``torch.device`` string such as ``cpu``, ``cuda``,
+``cuda:1``) and a ``precision`` param (``auto`` | ``fp32`` | ``fp16`` | ``bf16``). The CPU and CUDA
+paths are the same functions: precision is applied with ``torch.autocast`` around the model calls,
+and ``fp32`` (the CPU default) disables it, so a CPU run computes exactly what it did before.
+
+Inference precision (:func:`inference_dtype`), ``auto``:
+
+* CPU: fp32 (autocast gains nothing there and changes results);
+* CUDA: fp16, or bf16 for models known to overflow in fp16 (T5: its feed-forward activations
+  exceed fp16's range, 65504, and give inf/NaN states; pass ``fp16_safe=False``), fp32 on a GPU
+  without bf16 support.
+
+Training precision (:func:`autocast_dtype`), ``auto``: fp16 autocast on CUDA, fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(name: str) -> torch.device:
+    """The device named by a ``device`` param.
+
+    Args:
+        name: ``auto`` (CUDA when ``torch.cuda.is_available()``, else CPU) or a ``torch.device``
+            string (``cpu``, ``cuda``, ``cuda:1``, ...).
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: if ``name`` is not a device, or names CUDA on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, got {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use auto)")
+    return device
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The training autocast dtype, or None for plain fp32.
+
+    ``auto``: fp16 on CUDA (with a GradScaler), fp32 elsewhere.
+    """
+    _check_precision(precision)
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return _DTYPES[precision]
+
+
+def inference_dtype(
+    precision: str, device: torch.device, fp16_safe: bool = True
+) -> torch.dtype | None:
+    """The autocast dtype of a frozen model's inference, or None for plain fp32.
+
+    Args:
+        precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16``.
+        device: where the model runs.
+        fp16_safe: False for models whose activations overflow fp16 (T5): ``auto`` then picks
+            bf16 on CUDA, and an explicit ``fp16`` is refused.
+
+    Returns:
+        ``torch.float16``, ``torch.bfloat16`` or None (fp32).
+
+    Raises:
+        ValueError: on an unknown precision, or ``fp16`` with ``fp16_safe=False``.
+    """
+    _check_precision(precision)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        if fp16_safe:
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and not fp16_safe:
+        raise ValueError(
+            "precision fp16 is refused for this model: its activations overflow fp16 (T5's "
+            "feed-forward states exceed 65504 and become inf/NaN); use bf16 or fp32"
+        )
+    return _DTYPES[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
