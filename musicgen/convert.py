@@ -92,6 +92,16 @@ def load_hf_decoder(src: str) -> HFDecoder:
             f"(MusicgenForConditionalGeneration) and '{CAUSAL}' (MusicgenForCausalLM) convert"
         )
     model = MusicgenForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+    return conditional_decoder(model, src)
+
+
+def conditional_decoder(model, src: str) -> HFDecoder:
+    """The decoder and text projection of a loaded ``MusicgenForConditionalGeneration``.
+
+    Args:
+        model: the composite model.
+        src: where it came from (for error messages).
+    """
     decoder_cfg = model.config.decoder
     proj = getattr(model, "enc_to_dec_proj", None)
     if proj is not None:
