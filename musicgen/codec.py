@@ -31,6 +31,8 @@ from transformers.models.encodec.modeling_encodec import (
     EncodecResnetBlock,
 )
 
+from musicgen.device import autocast
+
 # Rows of the (frames x codebook) distance matrix computed at once in k-means: 1024 x 2048 floats
 # is 8 MB (cache-friendly; 2048+ rows measured ~1.5x slower on 2 cores).
 _CHUNK_ROWS = 1024
@@ -297,63 +299,89 @@ def n_frames(n_samples: int, hop: int = 640) -> int:
     return -(-n_samples // hop)
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """The device the model's parameters are on."""
+    return next(model.parameters()).device
+
+
 def encode(
     model: EncodecModel,
     audio: torch.Tensor | np.ndarray,
     n_codebooks: int = 4,
     batch_size: int = 8,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Encodes audio to codec tokens.
+    """Encodes audio to codec tokens, on the model's device.
+
+    The encoder runs under autocast to ``dtype`` (none: float32); the quantizer's nearest-codeword
+    search always runs in float32 on the encoder's latents, as HF's ``encode`` computes it
+    (``quantizer.encode(encoder(x))``).
 
     Args:
-        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``).
+        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``), on any device.
         audio: ``(B, S)`` float32 mono audio at ``model.config.sampling_rate``.
         n_codebooks: K, the number of residual codebooks to keep.
-        batch_size: clips per encoder call. The codes do not depend on it (a lone clip is run
-            duplicated, see :func:`_batch_invariant`). On CPU small batches of long clips are
-            faster (activations stay in cache): for 10-s clips 2 is ~2x faster than 16.
+        batch_size: clips per encoder call (moved to the model's device one batch at a time). The
+            codes do not depend on it (a lone clip is run duplicated, see
+            :func:`_batch_invariant`). On CPU small batches of long clips are faster (activations
+            stay in cache): for 10-s clips 2 is ~2x faster than 16; on a GPU use large batches.
+        dtype: autocast dtype of the encoder (``torch.float16`` / ``torch.bfloat16``), or None.
 
     Returns:
-        ``(B, K, T)`` int64 codes with ``T = ceil(S / hop)``.
+        ``(B, K, T)`` int64 codes on the CPU, with ``T = ceil(S / hop)``.
     """
     _check_supported(model)
     x = _as_audio(audio)
     bw = _bandwidth_for(model, n_codebooks)
+    device = _device_of(model)
+
+    def codes_of(batch: torch.Tensor) -> torch.Tensor:  # (b, 1, S) -> (K', b, T)
+        with autocast(device, dtype):
+            latents = model.encoder(batch)  # (b, D, T)
+        return model.quantizer.encode(latents.float(), bw)
+
     out = []
     with torch.inference_mode():
         for start in range(0, x.shape[0], batch_size):
-            batch = x[start : start + batch_size, None, :]
-            codes = _batch_invariant(
-                lambda b: model.encode(b, bandwidth=bw, return_dict=True).audio_codes[0], batch
-            )  # HF returns (chunks=1, b, K', T)
-            out.append(codes[:, :n_codebooks].to(torch.int64))
+            batch = x[start : start + batch_size, None, :].to(device)
+            codes = _batch_invariant(lambda b: codes_of(b).transpose(0, 1), batch)  # (b, K', T)
+            out.append(codes[:, :n_codebooks].to(torch.int64).cpu())
     if not out:
         t = n_frames(x.shape[1], model.config.hop_length)
         return torch.zeros(0, n_codebooks, t, dtype=torch.int64)
     return torch.cat(out).clone()
 
 
-def decode(model: EncodecModel, codes: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:
-    """Decodes codec tokens to audio.
+def decode(
+    model: EncodecModel,
+    codes: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Decodes codec tokens to audio, on the model's device.
 
     Args:
-        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``).
-        codes: ``(B, K, T)`` integer codes; K may be fewer than the model's quantizers.
+        model: an ``EncodecModel`` (mono, not chunked, ``normalize=False``), on any device.
+        codes: ``(B, K, T)`` integer codes, on any device; K may be fewer than the model's
+            quantizers.
         batch_size: clips per decoder call.
+        dtype: autocast dtype of the decoder (``torch.float16`` / ``torch.bfloat16``), or None.
 
     Returns:
-        ``(B, T * hop)`` float32 audio.
+        ``(B, T * hop)`` float32 audio on the CPU.
     """
     _check_supported(model)
-    codes = torch.as_tensor(codes).to(dtype=torch.int64, device="cpu")
+    codes = torch.as_tensor(codes).to(dtype=torch.int64)
     if codes.ndim != 3:
         raise ValueError(f"codes must be (batch, codebooks, frames), got {tuple(codes.shape)}")
+    device = _device_of(model)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, dtype):
         for start in range(0, codes.shape[0], batch_size):
-            batch = codes[None, start : start + batch_size]  # (chunks=1, b, K, T)
+            batch = codes[None, start : start + batch_size].to(device)  # (chunks=1, b, K, T)
             audio = model.decode(batch, audio_scales=[None], return_dict=True).audio_values
-            out.append(audio[:, 0].float())
+            out.append(audio[:, 0].float().cpu())
     if not out:
         return torch.zeros(0, codes.shape[2] * model.config.hop_length)
     return torch.cat(out).clone()
