@@ -1,0 +1,346 @@
+"""The listening gallery: a self-contained HTML page of the test items, their audio and scores.
+
+API (called by the evaluate stage)::
+
+    from musicgen.report.gallery import GalleryItem, write_gallery, write_spectrogram_pairs
+
+    items = [GalleryItem(id, caption, reference_wav, generated_wav, {"fad": 1.2, "clap": 0.3}), ...]
+    write_gallery(Path("reports/gallery"), metrics=metrics, params=gallery_params(params),
+                  items=items, curves=curves)  # -> reports/gallery/index.html
+    write_spectrogram_pairs(Path("plots/spectrograms"), items[:4])
+
+``write_gallery`` replaces ``out_dir`` as a whole (it is a DVC output): ``index.html``, the wavs copied
+into ``audio/`` and the images into ``images/``, under safe file names. The page uses no network
+(no CDN, font or external script) and refers only to files inside ``out_dir``, so it opens from the
+file system. It shows the run's ``metrics`` and ``params`` (nested dicts are shown with dotted keys;
+:func:`gallery_params` picks :data:`GALLERY_PARAMS` from the whole params.yaml, so the evaluate stage
+lists those keys in its dvc.yaml ``params:``), an optional training-curve chart (``curves``: a
+column ``step`` and numeric series on one scale, e.g. ``train_loss`` and ``val_ce``; NaN where a
+series has no point), and per item its caption, both players, both spectrograms and its scores,
+sortable by each score. All text (captions, ids, keys, values) is HTML-escaped, and a
+Content-Security-Policy lets only the page's own script run.
+
+Every item's wavs are copied: for a large test set pass a subset (the page holds them all).
+
+dvc.yaml, in the evaluate stage (``reports/gallery`` cached: it holds the audio)::
+
+    outs:
+    - reports/gallery
+    plots:
+    - plots/spectrograms:
+        cache: false
+
+``dvc plots show`` renders every PNG in ``plots/spectrograms`` (``<id>_reference.png``,
+``<id>_generated.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+
+from musicgen.report.curves import curve_summary, curves_image
+from musicgen.report.png import write_png
+from musicgen.report.spectrogram import SpectrogramConfig, write_spectrogram
+
+# The params the page shows at the top: data source, LM preset and pattern, steps, sampling.
+GALLERY_PARAMS = (
+    "data.source",
+    "lm.preset",
+    "lm.pattern",
+    "train.steps",
+    "generate.cfg_coef",
+    "generate.top_k",
+    "generate.top_p",
+    "generate.temperature",
+)
+
+
+@dataclass
+class GalleryItem:
+    """One test item of the gallery.
+
+    Attributes:
+        id: the clip's id (any text; file names are derived safely from it).
+        caption: its text prompt (untrusted: shown escaped).
+        reference_wav: the real clip.
+        generated_wav: the model's output for the caption.
+        scores: per-clip scores, name -> value (e.g. ``fad``, ``clap``); the table sorts by each.
+    """
+
+    id: str
+    caption: str
+    reference_wav: Path
+    generated_wav: Path
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def safe_name(text: str, max_len: int = 48) -> str:
+    """A file-name fragment of ``text``: ASCII letters, digits, ``-`` and ``_`` only."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:max_len]
+    return name or "item"
+
+
+def item_stems(items: list[GalleryItem]) -> list[str]:
+    """Unique file stems for the items: ``<index>_<safe id>``."""
+    width = max(3, len(str(len(items))))
+    return [f"{i:0{width}d}_{safe_name(item.id)}" for i, item in enumerate(items)]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts -> one level with dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def gallery_params(params: dict, keys: tuple[str, ...] = GALLERY_PARAMS) -> dict[str, object]:
+    """Picks dotted ``keys`` from the whole params dict; a missing key is an error naming it."""
+    flat = flatten(params)
+    missing = [k for k in keys if k not in flat]
+    if missing:
+        raise KeyError(f"params: no {', '.join(missing)} (the gallery shows these keys)")
+    return {k: flat[k] for k in keys}
+
+
+def format_value(value: object) -> str:
+    """A metric or param as short text: floats to 4 significant digits, the rest as str."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _esc(value: object) -> str:
+    return html.escape(format_value(value), quote=True)
+
+
+def _score_attr(value: object) -> str:
+    """The sortable value of a score cell: a finite number, or empty (sorted last)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    return repr(number) if math.isfinite(number) else ""
+
+
+def _key_value_table(title: str, rows: dict[str, object], table_id: str) -> str:
+    body = "".join(
+        f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{_esc(v)}</td></tr>"
+        for k, v in rows.items()
+    )
+    return (
+        f"<section class='kv'><h2>{html.escape(title)}</h2>"
+        f"<table id='{table_id}'><tbody>{body}</tbody></table></section>"
+    )
+
+
+# Sorts the items table by a score column; clicking again reverses. Missing scores sort last.
+SORT_SCRIPT = """
+document.querySelectorAll("button.sort").forEach(function (button) {
+  button.addEventListener("click", function () {
+    var col = Number(button.dataset.col);
+    var descending = button.dataset.order === "asc";
+    document.querySelectorAll("button.sort").forEach(function (b) {
+      b.dataset.order = ""; b.textContent = b.dataset.label;
+    });
+    button.dataset.order = descending ? "desc" : "asc";
+    button.textContent = button.dataset.label + (descending ? " \\u25bc" : " \\u25b2");
+    var tbody = document.querySelector("#items tbody");
+    var rows = Array.prototype.slice.call(tbody.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+      if (x === "" || y === "") { return (x === "") - (y === ""); }
+      return descending ? Number(y) - Number(x) : Number(x) - Number(y);
+    });
+    rows.forEach(function (row) { tbody.appendChild(row); });
+  });
+});
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { margin: 0 0 0.5em; }
+.top { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
+.kv table { border-collapse: collapse; }
+.kv th { text-align: left; font-weight: normal; color: #555; padding: 1px 1em 1px 0; }
+.kv td { font-family: monospace; }
+#items { border-collapse: collapse; margin-top: 1em; }
+#items th, #items td { border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }
+#items td.caption { max-width: 22em; }
+#items td.score { font-family: monospace; text-align: right; }
+.clip audio { display: block; width: 400px; }
+.clip img { display: block; margin-top: 4px; }
+button.sort { font: inherit; cursor: pointer; }
+.legend span { display: inline-block; width: 1em; height: 0.6em; margin: 0 0.3em 0 1em; }
+"""
+
+
+def _curves_section(curves: pd.DataFrame, out_dir: Path) -> str:
+    summary = curve_summary(curves)
+    write_png(out_dir / "images" / "curves.png", curves_image(curves))
+    legend = "".join(
+        f"<span style='background:{colour}'></span>{html.escape(name)}"
+        for name, colour in summary.colours.items()
+    )
+    (x_lo, x_hi), (y_lo, y_hi) = summary.x_range, summary.y_range
+    return (
+        "<section><h2>Training curves</h2>"
+        "<img src='images/curves.png' width='640' height='240' alt='training curves'>"
+        f"<p class='legend'>{html.escape(summary.x_column)} {_esc(x_lo)} to {_esc(x_hi)}; "
+        f"y {_esc(y_lo)} to {_esc(y_hi)}.{legend}</p></section>"
+    )
+
+
+def _clip_cell(audio_src: str, image_src: str, label: str) -> str:
+    return (
+        f"<td class='clip'><audio controls preload='metadata' src='{audio_src}'></audio>"
+        f"<img src='{image_src}' width='400' height='128' alt='{label} spectrogram'></td>"
+    )
+
+
+def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
+    score_names: list[str] = []
+    for item in items:
+        score_names += [k for k in item.scores if k not in score_names]
+    first_score_col = 5
+    headers = "".join(
+        f"<th><button class='sort' type='button' data-col='{first_score_col + j}' "
+        f"data-label='{html.escape(name, quote=True)}'>{html.escape(name)}</button></th>"
+        for j, name in enumerate(score_names)
+    )
+    rows = []
+    for i, (item, stem) in enumerate(zip(items, stems, strict=True)):
+        scores = "".join(
+            f"<td class='score' data-value='{_score_attr(item.scores.get(name))}'>"
+            f"{_esc(item.scores[name]) if name in item.scores else ''}</td>"
+            for name in score_names
+        )
+        rows.append(
+            f"<tr id='item-{i}'><td>{i}</td><td class='id'>{html.escape(item.id)}</td>"
+            f"<td class='caption'>{html.escape(item.caption)}</td>"
+            + _clip_cell(f"audio/{stem}_reference.wav", f"images/{stem}_reference.png", "reference")
+            + _clip_cell(f"audio/{stem}_generated.wav", f"images/{stem}_generated.png", "generated")
+            + scores
+            + "</tr>"
+        )
+    return (
+        "<table id='items'><thead><tr><th>#</th><th>id</th><th>caption</th>"
+        f"<th>reference</th><th>generated</th>{headers}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _copy_item(item: GalleryItem, stem: str, out_dir: Path, cfg: SpectrogramConfig) -> None:
+    for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+        src = Path(src)
+        if not src.is_file():
+            raise FileNotFoundError(f"gallery item {item.id!r}: no {kind} wav at {src}")
+        try:
+            sf.info(str(src))
+        except (RuntimeError, sf.LibsndfileError) as e:
+            raise ValueError(f"gallery item {item.id!r}: unreadable {kind} wav {src}: {e}") from e
+        shutil.copyfile(src, out_dir / "audio" / f"{stem}_{kind}.wav")
+        write_spectrogram(src, out_dir / "images" / f"{stem}_{kind}.png", cfg)
+
+
+def render_page(
+    metrics: dict, params: dict, items: list[GalleryItem], stems: list[str], curves_html: str
+) -> str:
+    """The gallery's HTML (files it refers to: ``audio/<stem>_*.wav``, ``images/*.png``)."""
+    script_hash = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
+    csp = (
+        "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+        f"script-src 'sha256-{script_hash}'"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>Listening gallery</title><style>{STYLE}</style></head><body>"
+        f"<h1>Listening gallery</h1><p>{len(items)} test items. Spectrograms: 0 Hz (bottom) to "
+        "Nyquist on a mel scale, colours from -80 dBFS (dark) to 0 dBFS (light). Click a score "
+        "to sort.</p><div class='top'>"
+        + _key_value_table("Metrics", flatten(metrics), "metrics")
+        + _key_value_table("Params", flatten(params), "params")
+        + "</div>"
+        + curves_html
+        + _items_table(items, stems)
+        + f"<script>{SORT_SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_gallery(
+    out_dir: Path,
+    *,
+    metrics: dict,
+    params: dict,
+    items: list[GalleryItem],
+    curves: pd.DataFrame | None = None,
+) -> Path:
+    """Writes the gallery into ``out_dir`` (replaced as a whole); returns ``out_dir/index.html``.
+
+    Args:
+        out_dir: the gallery's folder.
+        metrics: the run's metrics (nested dicts allowed).
+        params: the params to show (e.g. :func:`gallery_params` of params.yaml).
+        items: the test items, in page order.
+        curves: optional training curves: ``step`` and numeric series on one scale.
+
+    Returns:
+        the path of ``index.html``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stems = item_stems(items)
+    cfg = SpectrogramConfig()
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".part"))
+    try:
+        (tmp / "audio").mkdir()
+        (tmp / "images").mkdir()
+        for item, stem in zip(items, stems, strict=True):
+            _copy_item(item, stem, tmp, cfg)
+        curves_html = _curves_section(curves, tmp) if curves is not None else ""
+        page = render_page(metrics, params, items, stems, curves_html)
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes 0700 folders
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "index.html"
+
+
+def write_spectrogram_pairs(
+    plots_dir: Path, items: list[GalleryItem], cfg: SpectrogramConfig | None = None
+) -> list[Path]:
+    """Writes ``<safe id>_reference.png`` and ``<safe id>_generated.png`` per item (DVC plots).
+
+    Returns:
+        the PNG paths, two per item.
+    """
+    plots_dir = Path(plots_dir)
+    names = [safe_name(item.id) for item in items]
+    if len(set(names)) < len(names):
+        names = item_stems(items)  # ids that collide once made safe: prefix the index
+    paths = []
+    for item, name in zip(items, names, strict=True):
+        for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+            paths.append(write_spectrogram(src, plots_dir / f"{name}_{kind}.png", cfg))
+    return paths
