@@ -62,6 +62,26 @@ def save_text(out_dir: Path, ids: list[str], n_variants: int, states: list[np.nd
     )
 
 
+def pad_states(states: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks ragged text states into a zero-padded batch.
+
+    Args:
+        states: one (L_i, dim) array per row; an empty one (L_i = 0) gives the null condition
+            (zero states, every position masked; see ``musicgen.lm.null_condition``).
+        dim: the states' width.
+
+    Returns:
+        cond (B, L, dim) float32 with L = max(1, max L_i), and cond_mask (B, L) bool.
+    """
+    L = max([1, *(len(s) for s in states)])
+    cond = np.zeros((len(states), L, dim), dtype=np.float32)
+    mask = np.zeros((len(states), L), dtype=bool)
+    for i, s in enumerate(states):
+        cond[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return torch.from_numpy(cond), torch.from_numpy(mask)
+
+
 @dataclass
 class Batch:
     codes: torch.Tensor  # (B, K, T) int64
@@ -106,14 +126,12 @@ class CodesAndText:
         """Gathers clips ``rows`` with text ``variants`` (default: 0, the clean caption)."""
         variants = np.zeros(len(rows), dtype=int) if variants is None else variants
         spans = self.spans[rows, variants]  # (B, 2)
-        L = int(spans[:, 1].max())
-        cond = np.zeros((len(rows), L, self.text_dim), dtype=np.float32)
-        mask = np.zeros((len(rows), L), dtype=bool)
-        for i, (off, n) in enumerate(spans):
-            cond[i, :n] = self.states[off : off + n]
-            mask[i, :n] = True
-        codes = torch.from_numpy(self.codes[rows].astype(np.int64))
-        return Batch(codes, torch.from_numpy(cond), torch.from_numpy(mask))
+        cond, mask = pad_states([self.states[off : off + n] for off, n in spans], self.text_dim)
+        return Batch(self.codes_of(rows), cond, mask)
+
+    def codes_of(self, rows: np.ndarray) -> torch.Tensor:
+        """The codes (B, K, T) int64 of clips ``rows``."""
+        return torch.from_numpy(self.codes[rows].astype(np.int64))
 
     def sample_batch(self, rows: np.ndarray, sample_ids: np.ndarray, seed: int) -> Batch:
         """A training batch: clips ``rows`` (B,), each with a caption variant drawn at random.
