@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from musicgen.data.store import save_table
+from musicgen.data.tables import REJECTED, SourceTables, rejected_table
 from musicgen.pipeline.common import AUDIO, METADATA, STATUS
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,10 @@ def download(params: dict, out_dir: Path, store_dir: Path, progress: bool = True
     """The download stage: clips in ``out_dir/audio``, ``metadata.csv`` and ``status.csv``.
 
     ``metadata.csv`` lists every clip of the source with the MusicCaps columns; ``status.csv`` says
-    what became of each (``ok`` or why not); only ``ok`` clips have a file. ``store_dir`` is the
-    persistent store of downloads (a ``persist`` output), which outlives the stage's reruns.
+    what became of each (``ok`` or why not); only ``ok`` clips have a file. ``rejected.csv`` lists
+    the rows of a metadata file or manifest that became no clip (a repeated id or file, no id),
+    with the file, row, field and reason. ``store_dir`` is the persistent store of downloads (a
+    ``persist`` output), which outlives the stage's reruns.
 
     Args:
         params: the ``data`` section: ``source`` is ``synthetic``, ``musiccaps`` or ``folder``.
@@ -28,26 +31,27 @@ def download(params: dict, out_dir: Path, store_dir: Path, progress: bool = True
     shutil.rmtree(audio_dir, ignore_errors=True)
     store_dir.mkdir(parents=True, exist_ok=True)
     if source == "synthetic":
-        metadata, status = synthetic_source(params["synthetic"], audio_dir, progress)
+        tables = synthetic_source(params["synthetic"], audio_dir, progress)
     elif source == "musiccaps":
         from musicgen.data.musiccaps import MusicCapsConfig, fetch_musiccaps
 
         cfg = MusicCapsConfig(**params["musiccaps"])
-        metadata, status = fetch_musiccaps(cfg, store_dir / "musiccaps", audio_dir, progress)
+        tables = fetch_musiccaps(cfg, store_dir / "musiccaps", audio_dir, progress)
     elif source == "folder":
         from musicgen.data.folder import FolderConfig, import_folder
 
-        metadata, status = import_folder(FolderConfig(**params["folder"]), audio_dir, progress)
+        tables = import_folder(FolderConfig(**params["folder"]), audio_dir, progress)
     else:
         raise ValueError(f"data.source must be synthetic, musiccaps or folder, not {source!r}")
-    save_table(out_dir / METADATA, metadata)
-    save_table(out_dir / STATUS, status)
-    log.info("download: %s", status["status"].value_counts().to_dict())
+    save_table(out_dir / METADATA, tables.metadata)
+    save_table(out_dir / STATUS, tables.status)
+    save_table(out_dir / REJECTED, tables.rejected)
+    log.info("download: %s", tables.status["status"].value_counts().to_dict())
+    for row in tables.rejected.itertuples():
+        log.warning("rejected: %s row %s, %s: %s", row.file, row.row, row.field, row.reason)
 
 
-def synthetic_source(
-    params: dict, audio_dir: Path, progress: bool
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def synthetic_source(params: dict, audio_dir: Path, progress: bool) -> SourceTables:
     """The synthetic set: its metadata, and a status table in which every clip is ``ok``."""
     from musicgen.data.synthetic import SyntheticConfig, make_synthetic_dataset
 
@@ -62,4 +66,4 @@ def synthetic_source(
             "bytes": sizes,
         }
     )
-    return metadata, status
+    return SourceTables(metadata, status, rejected_table([], []))

@@ -235,7 +235,8 @@ def test_the_shipped_musiccaps_csv():
     path = ROOT / MUSICCAPS_CSV
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == "bce5500709e6b129e070cbffc28caefe6b3d6977b2073493ee9b48806096c034"
-    table = read_musiccaps(path)
+    table, invalid, rejected = read_musiccaps(path)
+    assert not invalid and rejected.empty
     assert len(table) == 5521 and table["is_audioset_eval"].sum() == 2858
     assert table["caption"].str.contains("\n").sum() == 5  # embedded line breaks survive
     assert table["ytid"].map(YTID_PATTERN.fullmatch).all()

@@ -10,7 +10,7 @@ import soundfile as sf
 from datahelpers import ffmpeg_sine, sine
 from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
 
-from musicgen.data.folder import FolderConfig, import_folder, list_clips
+from musicgen.data.folder import FolderConfig, hashed_id, import_folder, list_clips
 from musicgen.data.synthetic import MUSICCAPS_COLUMNS
 
 
@@ -36,7 +36,8 @@ def test_sidecar_captions(tmp_path):
     (folder / "broken.txt").write_text("Not audio at all.")
     (folder / "notes.md").write_text("not a clip")
 
-    metadata, status = import_folder(FolderConfig(str(folder)), tmp_path / "audio", False)
+    tables = import_folder(FolderConfig(str(folder)), tmp_path / "audio", False)
+    metadata, status = tables.metadata, tables.status
 
     assert list(metadata.columns) == MUSICCAPS_COLUMNS
     assert status.set_index("ytid")["status"].to_dict() == {
@@ -47,7 +48,9 @@ def test_sidecar_captions(tmp_path):
         "two_tracks": "ok",
     }
     reasons = status.set_index("ytid")["reason"]
-    assert reasons["four"] == "no caption" and reasons["broken"].startswith("ffmpeg")
+    assert reasons["four"] == "four.ogg, caption: no caption"
+    assert reasons["broken"].startswith("broken.m4a: ffmpeg")
+    assert status.set_index("ytid")["file"]["two_tracks"] == "two tracks.flac"
     files = sorted(p.name for p in (tmp_path / "audio").iterdir())
     assert files == ["a_one.wav", "three.flac", "two_tracks.flac"]
     captions = metadata.set_index("ytid")["caption"]
@@ -61,11 +64,13 @@ def test_manifests(tmp_path, kind):
     folder = tmp_path / "music"
     write_clip(folder, "x/a.wav", None)
     write_clip(folder, "b.flac", None)
+    write_clip(folder, "c.wav", None)
     rows = [
         {"file": "x/a.wav", "caption": "First.", "id": "first", "is_audioset_eval": "true"},
         {"file": "b.flac", "caption": "Second.", "id": "second", "is_audioset_eval": "false"},
         {"file": "gone.wav", "caption": "Missing.", "id": "gone", "is_audioset_eval": "false"},
-        {"file": "b.flac", "caption": "Bad id.", "id": "b.c", "is_audioset_eval": "false"},
+        {"file": "c.wav", "caption": "Bad id.", "id": "b.c", "is_audioset_eval": "false"},
+        {"file": "./b.flac", "caption": "Again.", "id": "again", "is_audioset_eval": "false"},
     ]
     manifest = folder / f"captions.{kind}"
     if kind == "csv":
@@ -73,20 +78,31 @@ def test_manifests(tmp_path, kind):
     else:
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    metadata, status = import_folder(
-        FolderConfig(str(folder), f"captions.{kind}"), tmp_path / "audio", False
-    )
+    tables = import_folder(FolderConfig(str(folder), f"captions.{kind}"), tmp_path / "audio", False)
+    metadata, status = tables.metadata, tables.status
 
     assert status["status"].tolist() == ["ok", "ok", "unavailable", "invalid"]
+    assert (
+        status["reason"][3]
+        == f"captions.{kind} row {4 if kind == 'jsonl' else 5}, id: id 'b.c' must match [A-Za-z0-9_-]+"
+    )
     assert metadata["is_audioset_eval"].tolist() == [True, False, False, False]
+    row = 5 if kind == "jsonl" else 6
+    assert tables.rejected["reason"].tolist() == [
+        f"./b.flac listed twice, rows {row - 3} and {row} (the first is kept)"
+    ]
     assert sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["first.wav", "second.flac"]
 
 
-def test_two_files_with_one_id_are_refused(tmp_path):
+def test_two_files_with_one_id_both_survive(tmp_path):
     write_clip(tmp_path, "a b.wav", "One.")
     write_clip(tmp_path, "a_b.flac", "Two.")
-    with pytest.raises(ValueError, match="a_b"):
-        list_clips(FolderConfig(str(tmp_path)))
+    write_clip(tmp_path, "c.wav", "Three.")
+    clips, rejected = list_clips(FolderConfig(str(tmp_path)))
+    ids = dict(zip(clips["file"], clips["ytid"], strict=True))
+    assert ids == {"a b.wav": hashed_id("a b.wav"), "a_b.flac": hashed_id("a_b.flac"), "c.wav": "c"}
+    assert ids["a b.wav"].startswith("a_b-") and ids["a b.wav"] != ids["a_b.flac"]
+    assert rejected.empty
     with pytest.raises(FileNotFoundError, match="folder"):
         FolderConfig(str(tmp_path / "nowhere"))
 
