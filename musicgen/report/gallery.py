@@ -264,13 +264,14 @@ def render_page(
     """The gallery's HTML (files it refers to: ``audio/<stem>_*.wav``, ``images/*.png``)."""
     script_hash = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
     csp = (
-        "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+        "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; "
         f"script-src 'sha256-{script_hash}'"
     )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"  # no favicon request (a 404 on a plain server)
         f"<title>Listening gallery</title><style>{STYLE}</style></head><body>"
         f"<h1>Listening gallery</h1><p>{len(items)} test items. Spectrograms: 0 Hz (bottom) to "
         "Nyquist on a mel scale, colours from -80 dBFS (dark) to 0 dBFS (light). Click a score "

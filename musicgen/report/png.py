@@ -16,6 +16,7 @@ import numpy as np
 from musicgen.io import atomic_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ZLIB_LEVEL = 1  # fastest; level 9 saves under 15 % on spectrograms at ~50x the time
 COLOUR_TYPES = {2: 0, 3: 2}  # array ndim -> PNG colour type: greyscale (H, W), RGB (H, W, 3)
 
 
@@ -46,7 +47,7 @@ def encode_png(image: np.ndarray) -> bytes:
     return (
         PNG_SIGNATURE
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 9))
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), ZLIB_LEVEL))
         + _chunk(b"IEND", b"")
     )
 

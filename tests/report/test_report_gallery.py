@@ -1,0 +1,132 @@
+"""The gallery page: escaped text, files only inside its folder, scores, params, errors."""
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from reporthelpers import (
+    HOSTILE_CAPTIONS,
+    HOSTILE_IDS,
+    SCRIPT_CAPTION,
+    decode_png,
+    gallery_dir,
+    parse_page,
+)
+
+from musicgen.report.gallery import (
+    GALLERY_PARAMS,
+    GalleryItem,
+    gallery_params,
+    safe_name,
+    write_gallery,
+    write_spectrogram_pairs,
+)
+
+
+def page_refs(index: Path) -> list[str]:
+    """Every URL the page refers to (src and href attributes)."""
+    parser = parse_page(index.read_text(encoding="utf-8"))
+    return [v for _, attrs in parser.tags for k, v in attrs.items() if k in ("src", "href") and v]
+
+
+def test_hostile_text_is_shown_as_text(gallery):
+    parser = parse_page(gallery.read_text(encoding="utf-8"))
+    text = "".join(parser.text)
+    for caption in HOSTILE_CAPTIONS:
+        assert caption in text
+    for item_id in HOSTILE_IDS:
+        assert item_id in text
+    for shown in ("vggish<script>", "<em>k</em>", "<i>tiny</i>"):  # metric and param text
+        assert shown in text
+    tags = [tag for tag, _ in parser.tags]
+    assert tags.count("script") == 1  # the page's own sorting script only
+    assert "b" not in tags and "i" not in tags and "em" not in tags
+    assert [t for t in tags if t == "img"] == ["img"] * 7  # curves + 2 per item, no injected one
+    assert not any(k.startswith("on") for _, attrs in parser.tags for k in attrs)
+
+
+def test_page_refers_only_to_files_inside_its_folder(gallery):
+    out_dir = gallery.parent.resolve()
+    refs = page_refs(gallery)
+    local = [r for r in refs if r != "data:,"]  # the empty favicon, so no favicon request
+    assert len(local) == 1 + 4 * 3  # curves, and 2 wavs + 2 images per item
+    for ref in local:
+        parts = urlsplit(ref)
+        assert not parts.scheme and not parts.netloc and not ref.startswith("/"), ref
+        target = (out_dir / unquote(parts.path)).resolve()
+        assert target.is_relative_to(out_dir) and target.is_file(), ref
+    files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert files == {"index.html", *local}  # nothing else in the folder
+
+
+def test_gallery_copies_audio_and_writes_spectrograms(gallery, hostile_items):
+    out_dir = gallery.parent
+    for i, item in enumerate(hostile_items):
+        stem = f"{i:03d}_{safe_name(item.id)}"
+        for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+            copy = out_dir / "audio" / f"{stem}_{kind}.wav"
+            assert copy.read_bytes() == src.read_bytes()
+            assert decode_png((out_dir / "images" / f"{stem}_{kind}.png").read_bytes()).ndim == 3
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+
+
+def test_scores_carry_sortable_values(gallery):
+    parser = parse_page(gallery.read_text(encoding="utf-8"))
+    values = [a["data-value"] for t, a in parser.tags if t == "td" and a.get("class") == "score"]
+    assert values == ["2.0", "0.1", "0.5", "0.3", "1.25", ""]  # NaN: empty, sorted last
+    buttons = [a["data-label"] for t, a in parser.tags if t == "button"]
+    assert buttons == ["fad", "clap"]
+
+
+def test_rewrite_replaces_the_folder(tmp_path, hostile_items, run_info):
+    out_dir = gallery_dir(tmp_path)
+    write_gallery(out_dir, items=hostile_items, **run_info)
+    index = write_gallery(out_dir, metrics={}, params={}, items=hostile_items[:1])
+    assert sorted(p.name for p in (out_dir / "audio").iterdir()) == [
+        "000_etc_passwd_generated.wav",
+        "000_etc_passwd_reference.wav",
+    ]
+    assert not (out_dir / "images" / "curves.png").exists()
+    assert "curves.png" not in index.read_text(encoding="utf-8")
+    assert [p.name for p in out_dir.parent.iterdir()] == ["gallery"]  # no temporary folder
+
+
+def test_missing_wav_names_the_item_and_keeps_the_old_gallery(tmp_path, hostile_items, run_info):
+    out_dir = gallery_dir(tmp_path)
+    index = write_gallery(out_dir, items=hostile_items, **run_info)
+    before = index.read_bytes()
+    broken = GalleryItem(
+        "lost", SCRIPT_CAPTION, tmp_path / "nope.wav", hostile_items[0].generated_wav
+    )
+    with pytest.raises(FileNotFoundError, match=r"'lost': no reference wav at .*nope\.wav"):
+        write_gallery(out_dir, metrics={}, params={}, items=[broken])
+    assert index.read_bytes() == before
+    assert [p.name for p in out_dir.parent.iterdir()] == ["gallery"]
+
+
+def test_gallery_params_pick_the_key_settings():
+    params = {
+        "data": {"source": "musiccaps", "synthetic": {"n_clips": 240}},
+        "lm": {"preset": "small", "pattern": "delay", "delays": [0, 1, 2, 3]},
+        "train": {"steps": 1000, "lr": 1e-3},
+        "generate": {"cfg_coef": 3.0, "top_k": 250, "top_p": 0.0, "temperature": 1.0},
+    }
+    picked = gallery_params(params)
+    assert list(picked) == list(GALLERY_PARAMS)
+    assert picked["data.source"] == "musiccaps" and picked["generate.top_k"] == 250
+    del params["lm"]["pattern"]
+    with pytest.raises(KeyError, match="lm.pattern"):
+        gallery_params(params)
+
+
+def test_spectrogram_pairs_for_dvc_plots(tmp_path, hostile_items):
+    paths = write_spectrogram_pairs(tmp_path / "plots", hostile_items[:2])
+    assert [p.name for p in paths] == [
+        "etc_passwd_reference.png",
+        "etc_passwd_generated.png",
+        "b_id_b_reference.png",
+        "b_id_b_generated.png",
+    ]
+    twin = GalleryItem("b/id/b", "", hostile_items[0].reference_wav, hostile_items[0].generated_wav)
+    paths = write_spectrogram_pairs(tmp_path / "twins", [hostile_items[1], twin])
+    assert len({p.name for p in paths}) == 4  # ids equal once made safe: index-prefixed names
