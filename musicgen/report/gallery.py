@@ -185,7 +185,7 @@ h1 { margin: 0 0 0.5em; }
 #items td.score { font-family: monospace; text-align: right; }
 .clip audio { display: block; width: 400px; }
 .clip img { display: block; margin-top: 4px; }
-button.sort { font: inherit; cursor: pointer; }
+button.sort { font: inherit; cursor: pointer; white-space: nowrap; }
 .legend span { display: inline-block; width: 1em; height: 0.6em; margin: 0 0.3em 0 1em; }
 """
 
