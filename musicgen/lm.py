@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from musicgen.kernels import LayerArrays, LinearKernel, decoder_layer_step
 from musicgen.patterns import Pattern, make_pattern
@@ -82,8 +83,8 @@ def sinusoidal_positions(
 class KVCache:
     """Self-attention keys and values for each layer, preallocated to ``max_len`` steps.
 
-    ``kernel``, if given, runs the step's projections (:class:`musicgen.kernels.LinearKernel`: a
-    few rows times each weight, read once; ~2x BLAS for 2 rows on CPU). ``n_cond``, if given, says
+    ``kernel``, if given, runs the step's projections (:class:`musicgen.kernels.LinearKernel`: all
+    rows times each weight, read once, in the weights' stored type). ``n_cond``, if given, says
     that only the first ``n_cond`` rows have a text condition and the others are null conditions
     (classifier-free guidance): their cross-attention output is exactly zero (all-zero memory, see
     ``LM.condition``), so it is not computed.
@@ -205,7 +206,7 @@ class Block(nn.Module):
         a = self.cross_attn
         rows = memory.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
         memory = memory[:rows]
-        k, v = (a.heads(p(memory)).contiguous() for p in (a.k_proj, a.v_proj))
+        k, v = (a.heads(project(p, memory, cache)).contiguous() for p in (a.k_proj, a.v_proj))
         mask = memory_mask[:rows, None, None, :]
         if cache is not None:
             cache.cross.append((k, v))
@@ -369,6 +370,7 @@ class LM(nn.Module):
             nn.Linear(cfg.d_model, cfg.card, bias=False) for _ in range(cfg.n_codebooks)
         )
         self.apply(self._init_weights)
+        self.grad_checkpointing = False  # recompute each block in the backward pass (training)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -443,7 +445,10 @@ class LM(nn.Module):
         """
         x = self.embed_steps(seq, cache.length if cache is not None else 0, cache)
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, memory_mask, cache, i)
+            if self.grad_checkpointing and self.training and cache is None:
+                x = checkpoint(layer, x, memory, memory_mask, use_reentrant=False)
+            else:
+                x = layer(x, memory, memory_mask, cache, i)
         if cache is not None:
             cache.length += seq.shape[2]
         return self.norm(x)
@@ -503,15 +508,20 @@ class LM(nn.Module):
         dtype: torch.dtype,
         fast_kernel: bool = False,
         n_cond: int | None = None,
+        weights: str = "fp32",
     ) -> KVCache:
         """A cache for ``batch`` rows and ``max_len`` steps (see :class:`KVCache`).
 
-        ``fast_kernel`` adds a :class:`LinearKernel`; ``n_cond`` rows have a text condition, the
-        rest are null conditions (None: all rows have one).
+        ``fast_kernel`` adds a :class:`LinearKernel` that runs the numba kernels; ``weights``
+        (``fp32 | bf16 | int8``) is how it stores the linear weights (``bf16`` or ``int8`` without
+        ``fast_kernel``: torch multiplies by their float value). ``n_cond`` rows have a text
+        condition, the rest are null conditions (None: all rows have one).
         """
         cfg = self.cfg
         head_dim = cfg.d_model // cfg.n_heads
-        kernel = LinearKernel(self) if fast_kernel else None
+        kernel = None
+        if fast_kernel or weights != "fp32":
+            kernel = LinearKernel(self, weights, use_numba=fast_kernel)
         return KVCache(
             cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
         )

@@ -1,46 +1,82 @@
-"""The training loop: gradient accumulation, cosine schedule, EMA, CFG dropout, resumable checkpoints."""
+"""The training loop: accumulation, DDP, schedules, EMA, CFG dropout, resumable checkpoints.
+
+One process or many: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each rank takes
+its slice of every step's global batch, gradients are averaged by DDP (NCCL on CUDA, gloo on the
+CPU), and the result is that of one process with the same global batch (up to float rounding).
+Every random draw depends on the step or on the sample's global index, never on the sharding:
+the batch rows (:func:`batch_rows`), the caption variant (``CodesAndText.sample_batch``) and the
+CFG dropout (:func:`cfg_drop`). Rank 0 alone writes checkpoints, curves and logs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from musicgen.data.store import CodesAndText
+from musicgen.device import autocast, autocast_dtype, pick_device
 from musicgen.io import atomic_path
 from musicgen.lm import LM, drop_condition
 
+__all__ = ["autocast_dtype", "pick_device"]  # re-exported for older callers
+
 log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "constant", "wsd")
+# Knobs that do not change the trained weights: left out of the run's identity (resume key).
+NOT_IN_IDENTITY = (
+    "eval_every",
+    "eval_batch_size",
+    "checkpoint_every",
+    "device",
+    "nproc_per_node",
+    "nnodes",
+    "rdzv_endpoint",
+)
 
 
 @dataclass
 class TrainConfig:
     steps: int = 300  # optimizer steps
-    batch_size: int = 16  # clips per micro-batch
+    batch_size: int = 16  # clips per micro-batch, over all processes (each takes its slice)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1.0e-3  # peak learning rate
-    warmup_steps: int = 30  # linear warm-up, then cosine decay
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine (horizon: steps) | constant | wsd (horizon: schedule_steps)
+    schedule_steps: int = 0  # wsd: the step where the decay ends (its own param: runs extend)
+    wsd_decay_frac: float = 0.2  # wsd: the last fraction of schedule_steps decays linearly
+    warmup_steps: int = 30  # linear warm-up, then the schedule
+    min_lr_ratio: float = 0.1  # cosine and wsd end at lr * min_lr_ratio
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW, as MusicGen
     weight_decay: float = 0.1
+    weight_decay_on: str = "matrices"  # matrices (not norms, biases, embeddings) | all (audiocraft)
     grad_clip: float = 1.0
     ema_decay: float = 0.99  # EMA weights are the ones used for inference
+    ema_every: int = 1  # steps between EMA updates (audiocraft: 10)
     cfg_dropout: float = 0.3  # probability of training on the null condition (CFG)
     cfg_dropout_per_sample: bool = False  # False: the whole batch at once, as audiocraft
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
     eval_every: int = 50  # steps between validation passes
     eval_batch_size: int = 16
     checkpoint_every: int = 50  # steps between resumable checkpoints
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (fp16 autocast on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    nproc_per_node: int = 1  # > 1: the train stage relaunches itself through torchrun
+    nnodes: int = 1  # machines; > 1 needs rdzv_endpoint (see README, training at scale)
+    rdzv_endpoint: str = ""  # host:port of the rendezvous (multi-node)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -51,15 +87,63 @@ class TrainConfig:
             raise ValueError(
                 f"train.precision must be auto, fp32, fp16 or bf16, got {self.precision}"
             )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "wsd" and self.schedule_steps <= self.warmup_steps:
+            raise ValueError(
+                "train.schedule wsd needs train.schedule_steps > train.warmup_steps, got "
+                f"{self.schedule_steps}"
+            )
+        if self.weight_decay_on not in ("matrices", "all"):
+            raise ValueError(
+                f"train.weight_decay_on must be matrices or all, got {self.weight_decay_on!r}"
+            )
+        if self.ema_every < 1 or self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ValueError("train.ema_every, train.nproc_per_node and train.nnodes must be >= 1")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port)")
+
+
+def extensible(cfg: TrainConfig) -> bool:
+    """Whether the schedule's horizon is independent of ``steps``, so a run can be extended."""
+    return cfg.schedule in ("constant", "wsd")
+
+
+def run_identity(cfg: TrainConfig) -> dict:
+    """The knobs that define the trained weights: the training part of the resume key.
+
+    Left out: evaluation and checkpoint cadence, the device and the process layout; ``steps`` when
+    the schedule allows extension (a finished run then continues when it is raised); the wsd knobs
+    unless the schedule is wsd.
+    """
+    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_IDENTITY}
+    if extensible(cfg):
+        del identity["steps"]
+    if cfg.schedule != "wsd":
+        del identity["schedule_steps"], identity["wsd_decay_frac"]
+    return identity
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``cfg.lr`` then cosine decay to ``cfg.lr * cfg.min_lr_ratio``."""
+    """Linear warm-up to ``cfg.lr``, then the schedule.
+
+    ``cosine``: down to ``lr * min_lr_ratio`` at ``steps``. ``constant``: ``lr``. ``wsd``
+    (warmup-stable-decay): ``lr`` until the last ``wsd_decay_frac`` of ``schedule_steps``, then
+    linear down to ``lr * min_lr_ratio`` at ``schedule_steps``, and constant after it.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.wsd_decay_frac * cfg.schedule_steps))
+        decay_start = max(cfg.warmup_steps, cfg.schedule_steps - decay_steps)
+        progress = min(1.0, max(0, step - decay_start) / max(1, cfg.schedule_steps - decay_start))
+        return cfg.lr + (floor - cfg.lr) * progress
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+    return floor + (cfg.lr - floor) * cosine
 
 
 @lru_cache(maxsize=4)
@@ -70,7 +154,8 @@ def _epoch_order(seed: int, epoch: int, n_items: int) -> np.ndarray:
 def batch_rows(first_sample: int, batch_size: int, n_items: int, seed: int) -> np.ndarray:
     """Rows for samples ``first_sample ..`` of a stream of seeded per-epoch permutations.
 
-    Computed from the sample count alone, so a resumed run sees the batches of an uninterrupted one.
+    Computed from the sample count alone, so a resumed run sees the batches of an uninterrupted one
+    and each process of a distributed run takes its slice of the same stream.
     """
     samples = np.arange(first_sample, first_sample + batch_size)
     return np.array(
@@ -78,21 +163,76 @@ def batch_rows(first_sample: int, batch_size: int, n_items: int, seed: int) -> n
     )
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def cfg_drop(cfg: TrainConfig, step: int, sample_ids: np.ndarray) -> torch.Tensor:
+    """Which samples train on the null condition: (B,) bool.
+
+    Per step (the whole global batch at once, from ``[seed, 2, step]``) or per sample (from
+    ``[seed, 3, sample_id]``); either way independent of how the batch is sharded.
+    """
+    if cfg.cfg_dropout_per_sample:
+        draws = [np.random.default_rng([cfg.seed, 3, int(s)]).random() for s in sample_ids]
+        return torch.tensor(np.array(draws) < cfg.cfg_dropout)
+    drop = np.random.default_rng([cfg.seed, 2, step]).random() < cfg.cfg_dropout
+    return torch.full((len(sample_ids),), bool(drop))
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a distributed run (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a ``torchrun`` launch, and in a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def distributed(device_name: str):
+    """Yields ``(Ranks, device)``; under torchrun it joins (and then leaves) the process group.
+
+    NCCL with one GPU per local rank on CUDA, gloo on the CPU, where the cores are shared out among
+    the node's ranks (``torch.set_num_threads``).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world == 1:
+        yield Ranks(), device
+        return
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    owner = not dist.is_initialized()
+    if owner:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(rank, world), device
+    finally:
+        if owner:
+            dist.destroy_process_group()
+
+
+def all_mean(x: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The mean of ``x`` over the ranks (``x`` itself in one process)."""
+    if ranks.world > 1:
+        dist.all_reduce(x)
+        x /= ranks.world
+    return x
 
 
 @torch.no_grad()
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * weights``; integer buffers are copied."""
     for name, p in model.state_dict().items():
         if p.dtype.is_floating_point:
             ema[name].lerp_(p, 1.0 - decay)
@@ -102,23 +242,32 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 
 @torch.no_grad()
 def validation_ce(
-    model: LM, data: CodesAndText, batch_size: int, device: torch.device
+    model: LM,
+    data: CodesAndText,
+    batch_size: int,
+    device: torch.device,
+    ranks: Ranks | None = None,
 ) -> np.ndarray:
     """Cross-entropy (nats) per codebook over every frame of ``data``, with the clean captions.
+
+    In a distributed run each rank evaluates every ``world``-th batch and the sums are reduced.
 
     Returns:
         (K,) float64.
     """
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
-    total = np.zeros(model.cfg.n_codebooks)
-    for start in range(0, len(data), batch_size):
+    total = torch.zeros(model.cfg.n_codebooks, dtype=torch.float64, device=device)
+    for start in range(ranks.rank * batch_size, len(data), batch_size * ranks.world):
         rows = np.arange(start, min(start + batch_size, len(data)))
         b = data.batch(rows)
         _, ce = model(b.codes.to(device), b.cond.to(device), b.cond_mask.to(device))
-        total += ce.double().cpu().numpy() * len(rows)
+        total += ce.double() * len(rows)
+    if ranks.world > 1:
+        dist.all_reduce(total)
     model.train(was_training)
-    return total / max(1, len(data))
+    return total.cpu().numpy() / max(1, len(data))
 
 
 def token_entropy(codes: np.ndarray, card: int) -> np.ndarray:
@@ -139,9 +288,15 @@ def token_entropy(codes: np.ndarray, card: int) -> np.ndarray:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, model: LM, ema: dict, optimizer: torch.optim.Optimizer, meta: dict
+    ckpt_dir: Path,
+    model: LM,
+    ema: dict,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    meta: dict,
 ) -> None:
-    """Writes weights, EMA, optimizer moments (safetensors) and ``meta`` (JSON), atomically."""
+    """Writes weights, EMA, optimizer moments (safetensors) and ``meta`` with the GradScaler's
+    state (JSON), atomically."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in ema.items()}
@@ -151,35 +306,72 @@ def save_checkpoint(
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).cpu().contiguous()
     with atomic_path(ckpt_dir / "state.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    meta = {**meta, "param_groups": opt["param_groups"]}
+    meta = {**meta, "param_groups": opt["param_groups"], "scaler": scaler.state_dict()}
     write_meta(ckpt_dir, meta)
 
 
-def load_checkpoint(ckpt_dir: Path, run_hash: str) -> tuple[dict, dict] | None:
-    """The tensors and meta of an unfinished run with the same config hash, else None.
+def write_meta(ckpt_dir: Path, meta: dict) -> None:
+    """Writes the checkpoint's ``meta.json``, atomically."""
+    with atomic_path(ckpt_dir / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=float))
 
-    A checkpoint of another config is never resumed: it is reported and ignored (the run starts over).
+
+def load_checkpoint(ckpt_dir: Path, run_hash: str, cfg: TrainConfig) -> tuple[dict, dict] | None:
+    """The tensors and meta of the same run (same ``run_hash``) that can go on to ``cfg.steps``.
+
+    That is an unfinished run, or a finished one whose schedule's horizon does not depend on
+    ``steps`` (``run_hash`` then leaves ``steps`` out, see :func:`run_identity`). Anything else is
+    reported, with the reason, and ignored: the run starts over.
     """
     meta_path = ckpt_dir / "meta.json"
     if not meta_path.exists() or not (ckpt_dir / "state.safetensors").exists():
         return None
     meta = json.loads(meta_path.read_text())
     if meta.get("run_hash") != run_hash:
+        log.warning("checkpoint in %s is another run; starting over: %s", ckpt_dir, why(meta, cfg))
+        return None
+    if meta["step"] > cfg.steps:
         log.warning(
-            "checkpoint in %s is from another config (%s != %s); starting over",
+            "checkpoint in %s is at step %d, past train.steps = %d; starting over",
             ckpt_dir,
-            meta.get("run_hash"),
-            run_hash,
+            meta["step"],
+            cfg.steps,
         )
         return None
-    if meta.get("complete"):
-        return None
+    if meta.get("complete") and meta["step"] < cfg.steps:
+        log.info(
+            "continuing the finished run from step %d to %d (%s schedule)",
+            meta["step"],
+            cfg.steps,
+            cfg.schedule,
+        )
     return load_file(str(ckpt_dir / "state.safetensors")), meta
 
 
+def why(meta: dict, cfg: TrainConfig) -> str:
+    """Why a checkpoint's run differs from ``cfg``'s, in words."""
+    old, new = meta.get("identity") or {}, run_identity(cfg)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not changed:
+        return "its inputs (data, text, split, init) or the LM config changed"
+    text = "train." + ", train.".join(changed) + " changed"
+    if "steps" in changed and not extensible(cfg):
+        text += (
+            f" (the {cfg.schedule} schedule's horizon is train.steps, so more steps is another "
+            "run; schedule constant or wsd lets a finished run be extended)"
+        )
+    return text
+
+
 def restore(
-    tensors: dict, meta: dict, model: LM, ema: dict, optimizer: torch.optim.Optimizer
+    tensors: dict,
+    meta: dict,
+    model: LM,
+    ema: dict,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
 ) -> None:
+    """Loads a checkpoint's state into the model, EMA, optimizer and GradScaler."""
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for k in ema:
         ema[k].copy_(tensors[f"ema.{k}"])
@@ -189,30 +381,96 @@ def restore(
             _, idx, key = name.split(".", 2)
             state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def write_meta(ckpt_dir: Path, meta: dict) -> None:
-    """Writes the checkpoint's ``meta.json``, atomically."""
-    with atomic_path(ckpt_dir / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, default=float))
-
-
-def mark_complete(ckpt_dir: Path, meta: dict) -> None:
-    """Drops the resumable state of a finished run, keeping a record that it finished."""
-    (ckpt_dir / "state.safetensors").unlink(missing_ok=True)
-    write_meta(ckpt_dir, {**meta, "complete": True})
+    if meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
 
 
 def make_optimizer(model: LM, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or embeddings)."""
+    """AdamW with weight decay on every parameter (``all``, as audiocraft) or on matrices only
+    (``matrices``: not on norms, biases or embeddings)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
+        matrix = p.dim() >= 2 and not name.startswith("embed")
+        (decay if matrix or cfg.weight_decay_on == "all" else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    codes: torch.Tensor,
+    cond: torch.Tensor,
+    cond_mask: torch.Tensor,
+    amp: torch.dtype | None,
+    scaler: torch.amp.GradScaler,
+    scale: float,
+) -> torch.Tensor:
+    """One micro-batch: forward under autocast, backward of ``scale`` x the mean CE.
+
+    Args:
+        model: the LM (or its DDP wrapper), on its device.
+        codes: (B, K, T) codes; cond (B, L, text_dim) and cond_mask (B, L) their conditions.
+        amp: the autocast dtype, or None.
+        scaler: the GradScaler (a no-op unless fp16).
+        scale: 1 / micro-batches per step.
+
+    Returns:
+        (K,) the micro-batch's per-codebook CE, detached, float32.
+    """
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        _, ce = model(codes.to(device), cond.to(device), cond_mask.to(device))
+        loss = ce.mean() * scale
+    scaler.scale(loss).backward()
+    return ce.detach().float()
+
+
+def optimizer_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> torch.Tensor:
+    """Unscales, clips to ``grad_clip``, steps and zeroes the gradients; returns the norm."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+LIVE_NAMES = {  # history key -> dvclive metric name
+    "train_loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "val_ce": "val/ce",
+}
+
+
+def open_live(live_dir: Path, history: list[dict]):
+    """A dvclive logger in ``live_dir`` (emptied), with ``history`` (a resumed run's) replayed."""
+    from dvclive import Live
+
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    for record in history:
+        log_live(live, record)
+    return live
+
+
+def log_live(live, record: dict) -> None:
+    """One history record to dvclive: its metrics at its step, then the summary (``step``)."""
+    live.step = record["step"]
+    for key, name in LIVE_NAMES.items():
+        if key in record:
+            live.log_metric(name, record[key])
+    for k, ce in enumerate(record.get("train_ce", [])):
+        live.log_metric(f"train/ce_cb{k}", ce)
+    live.next_step()
 
 
 def train(
@@ -223,8 +481,11 @@ def train(
     ckpt_dir: Path,
     run_hash: str,
     progress: bool = True,
+    live_dir: Path | None = None,
 ) -> dict:
     """Trains ``model`` in place and returns the EMA weights and the history.
+
+    In a ``torchrun`` launch every rank calls this with the same arguments.
 
     Args:
         model: the LM, freshly built with the seed.
@@ -232,80 +493,118 @@ def train(
         valid_data: validation clips.
         cfg: the knobs.
         ckpt_dir: where the resumable state lives.
-        run_hash: identifies the config; only a checkpoint with the same hash is resumed.
+        run_hash: identifies the run; only a checkpoint with the same hash is resumed.
+        progress: a progress bar (rank 0).
+        live_dir: dvclive's directory for live curves (rank 0), or None.
 
     Returns:
-        ``{"ema": state dict, "history": [...], "val_ce_init": (K,), "val_ce_final_raw": (K,)}``
+        ``{"ema": state dict, "history": [...], "val_ce_init": (K,), "val_ce_final_raw": (K,),
+        "config": dict}``
     """
-    device = pick_device(cfg.device)
+    with distributed(cfg.device) as (ranks, device):
+        return _train(
+            model,
+            train_data,
+            valid_data,
+            cfg,
+            ckpt_dir,
+            run_hash,
+            progress,
+            live_dir,
+            ranks,
+            device,
+        )
+
+
+def _train(
+    model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress, live_dir, ranks, device
+):
+    if cfg.batch_size % ranks.world:
+        raise ValueError(
+            f"train.batch_size = {cfg.batch_size} is not divisible by the {ranks.world} processes"
+        )
     amp = autocast_dtype(cfg.precision, device)
     model.to(device).train()
+    model.grad_checkpointing = cfg.grad_checkpointing
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history: list[dict] = []
-    start = 0
-    resumed = load_checkpoint(ckpt_dir, run_hash)
+    resumed = load_checkpoint(ckpt_dir, run_hash, cfg)
     if resumed is not None:
         tensors, meta = resumed
-        restore(tensors, meta, model, ema, optimizer)
+        restore(tensors, meta, model, ema, optimizer, scaler)
         start, history, val_ce_init = meta["step"], meta["history"], np.array(meta["val_ce_init"])
         log.info("resuming from step %d", start)
     else:
-        val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device)
-        history.append({"step": 0, "val_ce": float(val_ce_init.mean())})
-    rng_variants = train_data.n_variants > 1
+        start = 0
+        val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
+        history = [{"step": 0, "val_ce": float(val_ce_init.mean())}]
+    check_same_start(start, ranks, device)
+    net = model
+    if ranks.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    live = open_live(live_dir, history) if live_dir is not None and ranks.main else None
+    local = cfg.batch_size // ranks.world  # this rank's slice of each micro-batch
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * train_data.n_frames * model.cfg.n_codebooks
     bar = tqdm(
-        range(start, cfg.steps), desc="train", disable=not progress, initial=start, total=cfg.steps
+        range(start, cfg.steps),
+        desc="train",
+        disable=not (progress and ranks.main),
+        initial=start,
+        total=cfg.steps,
     )
     for step in bar:
+        began = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
-        rng = np.random.default_rng([cfg.seed, step])
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        ce_sum = torch.zeros(model.cfg.n_codebooks, device=device)
         for micro in range(cfg.grad_accum):
-            first = (step * cfg.grad_accum + micro) * cfg.batch_size
-            rows = batch_rows(first, cfg.batch_size, len(train_data), cfg.seed)
-            variants = rng.integers(1, train_data.n_variants, len(rows)) if rng_variants else None
-            b = train_data.batch(rows, variants)
-            n_drop = len(rows) if cfg.cfg_dropout_per_sample else 1
-            drop = torch.from_numpy(rng.random(n_drop) < cfg.cfg_dropout).expand(len(rows))
-            cond, cond_mask = drop_condition(b.cond, b.cond_mask, drop)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                _, ce = model(b.codes.to(device), cond.to(device), cond_mask.to(device))
-                loss = ce.mean() / cfg.grad_accum
-            scaler.scale(loss).backward()
-            loss_sum += float(loss.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, model, cfg.ema_decay)
-        record = {"step": step + 1, "train_loss": loss_sum, "lr": lr, "grad_norm": grad_norm}
+            first = (step * cfg.grad_accum + micro) * cfg.batch_size + ranks.rank * local
+            sample_ids = np.arange(first, first + local, dtype=np.int64)
+            rows = batch_rows(first, local, len(train_data), cfg.seed)
+            b = train_data.sample_batch(rows, sample_ids, cfg.seed)
+            cond, cond_mask = drop_condition(b.cond, b.cond_mask, cfg_drop(cfg, step, sample_ids))
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or net is model else net.no_sync():
+                ce_sum += forward_backward(
+                    net, b.codes, cond, cond_mask, amp, scaler, 1.0 / cfg.grad_accum
+                )
+        grad_norm = optimizer_update(model, optimizer, scaler, cfg.grad_clip)
+        if (step + 1) % cfg.ema_every == 0:
+            update_ema(ema, model, cfg.ema_decay)
+        train_ce = all_mean(ce_sum / cfg.grad_accum, ranks).tolist()
+        record = {
+            "step": step + 1,
+            "train_loss": float(np.mean(train_ce)),
+            "train_ce": train_ce,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": tokens_per_step / (time.perf_counter() - began),
+        }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            record["val_ce"] = float(
-                validation_ce(model, valid_data, cfg.eval_batch_size, device).mean()
-            )
+            val_ce = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
+            record["val_ce"] = float(val_ce.mean())
         history.append(record)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(
-                ckpt_dir,
-                model,
-                ema,
-                optimizer,
-                {
-                    "run_hash": run_hash,
-                    "step": step + 1,
-                    "history": history,
-                    "val_ce_init": val_ce_init.tolist(),
-                },
-            )
-    val_ce_final_raw = validation_ce(model, valid_data, cfg.eval_batch_size, device)
-    mark_complete(ckpt_dir, {"run_hash": run_hash, "step": cfg.steps})
+        if live is not None:
+            log_live(live, record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and ranks.main:
+            meta = {"step": step + 1, "history": history, "val_ce_init": val_ce_init.tolist()}
+            save_checkpoint(ckpt_dir, model, ema, optimizer, scaler, run_meta(meta, run_hash, cfg))
+    val_ce_final_raw = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
+    if ranks.main:
+        meta = {
+            "step": cfg.steps,
+            "history": history,
+            "val_ce_init": val_ce_init.tolist(),
+            "complete": True,  # kept whole: a schedule that allows it continues from here
+        }
+        save_checkpoint(ckpt_dir, model, ema, optimizer, scaler, run_meta(meta, run_hash, cfg))
+    if live is not None:
+        live.end()
     return {
         "ema": {k: v.cpu() for k, v in ema.items()},
         "history": history,
@@ -313,3 +612,22 @@ def train(
         "val_ce_final_raw": val_ce_final_raw,
         "config": asdict(cfg),
     }
+
+
+def run_meta(meta: dict, run_hash: str, cfg: TrainConfig) -> dict:
+    """A checkpoint's meta with what identifies its run."""
+    return {"run_hash": run_hash, "identity": run_identity(cfg), **meta}
+
+
+def check_same_start(start: int, ranks: Ranks, device: torch.device) -> None:
+    """Refuses a distributed run whose ranks would resume from different steps (e.g. a checkpoint
+    directory that is not on a filesystem shared by every node)."""
+    if ranks.world == 1:
+        return
+    steps = torch.tensor([start, -start], device=device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if steps[0] != -steps[1]:
+        raise RuntimeError(
+            f"ranks resume from different steps ({-int(steps[1])} .. {int(steps[0])}): the "
+            "checkpoint directory must be on a filesystem shared by every node"
+        )
