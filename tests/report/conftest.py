@@ -14,6 +14,7 @@ from reporthelpers import (
     HOSTILE_CAPTIONS,
     HOSTILE_IDS,
     SAMPLE_RATE,
+    SUBTYPES,
     gallery_dir,
     tone,
 )
@@ -29,8 +30,8 @@ def hostile_items(tmp_path) -> list[GalleryItem]:
     items = []
     for i, seconds in enumerate(DURATIONS):
         ref, gen = src / f"ref{i}.wav", src / f"gen{i}.wav"
-        write_wav(ref, tone(220.0 * (i + 1), seconds, i), SAMPLE_RATE)
-        write_wav(gen, tone(330.0 * (i + 1), seconds, 10 + i), SAMPLE_RATE)
+        write_wav(ref, tone(220.0 * (i + 1), seconds, i), SAMPLE_RATE, SUBTYPES[i])
+        write_wav(gen, tone(330.0 * (i + 1), seconds, 10 + i), SAMPLE_RATE, SUBTYPES[-1 - i])
         scores = {"fad": FAD[i], "clap": CLAP[i]}
         items.append(GalleryItem(HOSTILE_IDS[i], HOSTILE_CAPTIONS[i], ref, gen, scores))
     return items

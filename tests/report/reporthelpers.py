@@ -22,6 +22,7 @@ HOSTILE_IDS = ["../../etc/passwd", "<b>id</b>", "clip 3 ✓"]
 FAD = [2.0, 0.5, 1.25]  # per-clip scores: sorting ascending gives items 1, 2, 0
 CLAP = [0.1, 0.3, float("nan")]
 DURATIONS = [1.0, 1.5, 2.25]  # seconds; distinct so that each player's duration is checked
+SUBTYPES = ["PCM_16", "PCM_24", "FLOAT"]  # WAV sample formats the pipeline may write
 
 
 def tone(freq: float, seconds: float, seed: int) -> np.ndarray:
