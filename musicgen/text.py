@@ -23,6 +23,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
 from musicgen.data.splits import unit_hash
+from musicgen.device import autocast
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
 
@@ -150,12 +151,24 @@ def encode_texts(
     batch_size: int = 32,
     max_tokens: int = 512,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> list[np.ndarray]:
-    """Encodes texts with the frozen T5 encoder.
+    """Encodes texts with the frozen T5 encoder, on the model's device.
+
+    Args:
+        tokenizer: the T5 tokenizer.
+        model: the encoder, on any device.
+        texts: the captions.
+        batch_size: texts per encoder call (padded to the longest of the batch).
+        max_tokens: texts are truncated to this many tokens.
+        progress: show a progress bar.
+        dtype: autocast dtype (``torch.bfloat16``), or None for float32. Not float16: T5's
+            feed-forward activations overflow it (see :func:`musicgen.device.inference_dtype`).
 
     Returns:
         one float16 array (L_i, D) per text, holding only its real (unpadded) tokens.
     """
+    device = model.device
     out: list[np.ndarray] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="encode_text", disable=not progress):
         batch = tokenizer(
@@ -165,8 +178,10 @@ def encode_texts(
             truncation=True,
             max_length=max_tokens,
         )
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        states = hidden.last_hidden_state.float().numpy()  # (B, L, D)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with autocast(device, dtype):
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
+        states = hidden.float().cpu().numpy()
         for row, n in zip(states, batch["attention_mask"].sum(1).tolist(), strict=True):
             out.append(row[:n].astype(np.float16))
     return out

@@ -13,7 +13,6 @@ def main() -> None:
     ap.add_argument("--audio", type=Path, required=True)
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     codes.codec_model(
@@ -22,7 +21,6 @@ def main() -> None:
         args.audio,
         args.split,
         args.out,
-        args.metrics,
     )
 
 

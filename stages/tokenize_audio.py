@@ -1,4 +1,4 @@
-"""Stage tokenize: EnCodec codes (N, K, T) int16 of every clip in a split."""
+"""Stage tokenize: EnCodec codes (N, K, T) int16 of every clip in a split, and code usage."""
 
 import argparse
 from pathlib import Path
@@ -14,6 +14,7 @@ def main() -> None:
     ap.add_argument("--codec", type=Path, required=True)
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     codes.tokenize(
@@ -24,6 +25,7 @@ def main() -> None:
         args.codec,
         args.split,
         args.out,
+        args.metrics,
     )
 
 

@@ -1,5 +1,7 @@
 """Device and precision params: the helpers every compute stage uses."""
 
+import json
+
 import pytest
 import torch
 
@@ -48,3 +50,95 @@ def test_autocast_none_computes_in_fp32_and_bf16_casts_matmuls():
         assert (a @ a).dtype is torch.float32
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert (a @ a).dtype is torch.bfloat16
+
+
+# Each compute stage with device cpu and auto on this machine: the same outputs, byte for byte.
+# Where CUDA is present, auto runs the same functions there in fp16/bf16: then the same files come
+# out (their values are not expected to be bit-identical to the CPU's).
+SMALL = {
+    ("data", "synthetic", "n_clips"): 12,
+    ("data", "synthetic", "duration_s"): 1,
+    ("resample", "duration_s"): 1,
+    ("split", "seed"): 1,
+    ("codec", "fit", "max_frames"): 400,
+    ("codec", "fit", "n_iter"): 2,
+    ("codec", "fit", "codes_used"): 64,
+    ("text", "tiny", "vocab_size"): 100,
+    ("generate", "max_items"): 3,
+    ("generate", "batch_size"): 2,
+}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Data, codec, text model, tokens, text states and a random tiny LM, all on the CPU."""
+    from stage_runner import build_models, encode_text, prepare_data, project_params, tokenize
+
+    from musicgen.lm import LM, save_lm
+    from musicgen.pipeline.training import lm_config
+
+    params = project_params(SMALL)
+    d = prepare_data(tmp_path_factory.mktemp("device"), params)
+    assert all((d.split / f"{name}.txt").read_text().split() for name in ("train", "valid", "test"))
+    build_models(d, params)
+    tokenize(d, with_device(params, "tokenize", "cpu"), d.tokens, d.metrics / "tokens.json")
+    encode_text(d, with_device(params, "encode_text", "cpu"), d.text)
+    torch.manual_seed(0)
+    cfg = lm_config(params["lm"], params["text"]["tiny"]["d_model"], 2048, 4)
+    save_lm(d.lm, LM(cfg).state_dict(), cfg)
+    return d, params
+
+
+def with_device(params: dict, section: str, device: str) -> dict:
+    return {**params, section: {**params[section], "device": device}}
+
+
+def assert_same_outputs(a, b) -> None:
+    """The same files under ``a`` and ``b``; the same bytes unless ``auto`` ran on CUDA."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert names and names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    if torch.cuda.is_available():
+        return
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_tokenize_on_cpu_and_auto(small, tmp_path):
+    from stage_runner import tokenize
+
+    d, params = small
+    for device in ("cpu", "auto"):
+        out = tmp_path / device
+        tokenize(d, with_device(params, "tokenize", device), out / "tokens", out / "tokens.json")
+    assert_same_outputs(tmp_path / "cpu", tmp_path / "auto")
+    usage = json.loads((tmp_path / "cpu" / "tokens.json").read_text())
+    assert usage["clips"] == len((d.split / "train.txt").read_text().split())
+    assert 1 < usage["distinct_mean"] <= 64  # the fit's 64 codes, more than one of them used
+
+
+def test_encode_text_on_cpu_and_auto(small, tmp_path):
+    from stage_runner import encode_text
+
+    d, params = small
+    for device in ("cpu", "auto"):
+        encode_text(d, with_device(params, "encode_text", device), tmp_path / device)
+    assert_same_outputs(tmp_path / "cpu", tmp_path / "auto")
+
+
+def test_generate_on_cpu_and_auto(small, tmp_path):
+    from musicgen.pipeline.generation import generate
+
+    d, params = small
+    for device in ("cpu", "auto"):
+        generate(
+            with_device(params, "generate", device)["generate"],
+            d.lm,
+            d.codec,
+            d.text,
+            d.tokens,
+            d.split,
+            tmp_path / device,
+            progress=False,
+        )
+    assert_same_outputs(tmp_path / "cpu", tmp_path / "auto")
+    assert len(list((tmp_path / "cpu" / "audio").glob("*.wav"))) == 3

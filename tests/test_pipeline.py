@@ -36,7 +36,7 @@ def repo(tmp_path_factory):
 def test_every_stage_writes_its_outputs(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    codec = json.loads((repo / "metrics/codec.json").read_text())
+    codec = json.loads((repo / "metrics/tokens.json").read_text())
     assert {"val_ce", "val_ce_init", "train_token_entropy"} <= set(train)
     assert evaluation["fd_mel"] > 0 and evaluation["fd_clips"] == 6
     assert {"valid_ce_cb0", "valid_ppl_cb3", "test_ce"} <= set(evaluation)

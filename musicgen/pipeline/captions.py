@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from musicgen.data.store import save_text
+from musicgen.device import inference_dtype, pick_device
 from musicgen.pipeline.common import read_metadata, read_split, used_ids
 
 
@@ -35,10 +36,17 @@ def encode_text(
     out_dir: Path,
     progress: bool = True,
 ) -> None:
-    """The encode_text stage: T5 states of each caption and its word-dropout variants (float16)."""
+    """The encode_text stage: T5 states of each caption and its word-dropout variants (float16).
+
+    T5 runs on ``encode_text.device`` in ``encode_text.precision``: ``auto`` is bf16 autocast on
+    CUDA (T5 overflows fp16, which is refused) and fp32 on the CPU.
+    """
     from musicgen import text as T
 
+    device = pick_device(params["device"])
+    dtype = inference_dtype(params["precision"], device, fp16_safe=False)
     tokenizer, model = T.load_text_encoder(model_dir)
+    model = model.to(device)
     metadata = read_metadata(raw_dir).set_index("ytid")
     ids = used_ids(split_dir)
     texts = [
@@ -53,5 +61,7 @@ def encode_text(
             params["seed"],
         )
     ]
-    states = T.encode_texts(tokenizer, model, texts, params["batch_size"], progress=progress)
+    states = T.encode_texts(
+        tokenizer, model, texts, params["batch_size"], progress=progress, dtype=dtype
+    )
     save_text(out_dir, ids, params["n_variants"], states)

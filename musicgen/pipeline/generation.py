@@ -9,6 +9,7 @@ import torch
 
 from musicgen.data.audio import write_wav
 from musicgen.data.store import CodesAndText, save_tokens
+from musicgen.device import autocast, inference_dtype, pick_device
 from musicgen.lm import load_lm
 from musicgen.pipeline.common import AUDIO, read_split
 
@@ -23,14 +24,22 @@ def generate(
     out_dir: Path,
     progress: bool = True,
 ) -> None:
-    """The generate stage: one wav per test caption in ``out_dir/audio`` and ``tokens/``."""
+    """The generate stage: one wav per test caption in ``out_dir/audio`` and ``tokens/``.
+
+    The LM and the codec run on ``generate.device``; ``generate.precision`` is the autocast dtype
+    of the LM's forward passes and of the codec's decoder (``auto``: fp16 on CUDA, fp32 on the
+    CPU, where the numba decoding step runs). Guidance and sampling always use float32 logits.
+    The sampling RNG lives on the device, so a CUDA run draws other samples than a CPU run.
+    """
     from tqdm import tqdm
 
     from musicgen import codec as C
     from musicgen.generate import SamplingConfig, generate
 
-    model = load_lm(lm_dir)
-    codec = C.load_codec(str(codec_dir))
+    device = pick_device(params["device"])
+    dtype = inference_dtype(params["precision"], device)
+    model = load_lm(lm_dir, device)
+    codec = C.load_codec(str(codec_dir)).to(device)
     test_ids = read_split(split_dir, "test")
     if params["max_items"]:
         test_ids = test_ids[: params["max_items"]]
@@ -42,13 +51,16 @@ def generate(
         temperature=params["temperature"],
     )
     n_frames = data.n_frames
-    generator = torch.Generator().manual_seed(params["seed"])
+    generator = torch.Generator(device).manual_seed(params["seed"])
     codes, bs = [], params["batch_size"]
     rate = codec.config.sampling_rate
     for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
         b = data.batch(np.arange(i, min(i + bs, len(data))))
-        out = generate(model, b.cond, b.cond_mask, n_frames, sampling, generator)
-        audio = C.decode(codec, out).numpy()
+        cond, cond_mask = b.cond.to(device), b.cond_mask.to(device)
+        with autocast(device, dtype):
+            out = generate(model, cond, cond_mask, n_frames, sampling, generator)  # (b, K, T)
+        audio = C.decode(codec, out, dtype=dtype).numpy()  # (b, T * hop)
+        out = out.cpu()
         for ytid, clip in zip(test_ids[i : i + bs], audio, strict=True):
             write_wav(out_dir / AUDIO / f"{ytid}.wav", clip, rate)
         codes.append(out.numpy())
