@@ -19,6 +19,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--plots", type=Path, required=True)
+    ap.add_argument("--raw", type=Path, help="captions, for train.text_on_the_fly")
+    ap.add_argument("--text-model", type=Path, help="the T5, for train.text_on_the_fly")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
@@ -33,6 +35,9 @@ def main() -> None:
         args.checkpoint,
         args.metrics,
         args.plots,
+        raw_dir=args.raw,
+        text_model_dir=args.text_model,
+        text_params=params["encode_text"],
     )
 
 

@@ -44,6 +44,7 @@ class CodesAndCaptions(CodesAndText):
         encoder: T5EncoderModel,
         word_dropout: float,
         max_words: int,
+        dtype: torch.dtype | None = None,
     ):
         """
         Args:
@@ -54,6 +55,7 @@ class CodesAndCaptions(CodesAndText):
             tokenizer, encoder: the frozen text model that made ``text_dir`` (on its device).
             word_dropout: per-word drop probability.
             max_words: captions are cut to their first ``max_words`` words before dropout.
+            dtype: the encoder's autocast dtype (bf16 on CUDA as encode_text), None for fp32.
         """
         super().__init__(tokens_dir, text_dir, ids)
         if len(captions) != len(ids):
@@ -67,7 +69,7 @@ class CodesAndCaptions(CodesAndText):
             raise ValueError(f"encode_text.word_dropout must be in [0, 1], got {word_dropout}")
         self.words = [first_words(c, max_words) for c in captions]
         self.tokenizer, self.encoder = tokenizer, encoder
-        self.word_dropout = word_dropout
+        self.word_dropout, self.dtype = word_dropout, dtype
 
     def captions_for(self, rows: np.ndarray, sample_ids: np.ndarray, seed: int) -> list[str]:
         """Each sample's word-dropped caption ("" when every word dropped)."""
@@ -99,6 +101,7 @@ class CodesAndCaptions(CodesAndText):
                 [texts[i] for i in kept],
                 batch_size=len(kept),
                 progress=False,
+                dtype=self.dtype,
             )
             for i, s in zip(kept, encoded, strict=True):
                 states[i] = s

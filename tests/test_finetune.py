@@ -1,0 +1,233 @@
+"""Fine-tuning from a checkpoint (``train.init_from``) and the train stage's resume key.
+
+The Hugging Face checkpoints are random ``MusicgenForConditionalGeneration`` models built from
+small configs and saved with ``save_pretrained``: the real conversion path, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    EncodecConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    T5Config,
+)
+
+from musicgen import finetune as F
+from musicgen.convert import convert_hf
+from musicgen.data.store import CodesAndText, save_text, save_tokens
+from musicgen.lm import load_lm
+from musicgen.pipeline import training
+from musicgen.train import validation_ce
+
+CARD, K, TEXT_DIM, T = 32, 4, 8, 10
+LM_PARAMS = {
+    "preset": "tiny",
+    "pattern": "delay",
+    "delays": [0, 1, 2, 3],
+    "dropout": 0.0,
+    "overrides": {"d_model": 16, "n_heads": 2, "n_layers": 1, "ffn_dim": 32},
+}
+TRAIN_PARAMS = {
+    "steps": 8,
+    "batch_size": 4,
+    "lr": 3.0e-3,
+    "warmup_steps": 2,
+    "eval_every": 4,
+    "eval_batch_size": 8,
+    "checkpoint_every": 4,
+    "device": "cpu",
+}
+
+
+def codec_config(**kw) -> EncodecConfig:
+    """A small EnCodec config: the codec the run's tokens come from (32 kHz, hop 640)."""
+    base = dict(
+        num_filters=4,
+        hidden_size=8,
+        codebook_size=CARD,
+        upsampling_ratios=[8, 5, 4, 4],
+        sampling_rate=32000,
+    )
+    return EncodecConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict[str, Path]:
+    """The train stage's inputs: tokens, cached text states (2 variants), split lists, codec."""
+    rng = np.random.default_rng(0)
+    n = 20
+    ids = [f"clip{i:07d}xx" for i in range(n)]
+    offsets = rng.integers(1, 4, n)
+    codes = (rng.integers(0, CARD, (n, K, 1)) + offsets[:, None, None] * np.arange(T)) % CARD
+    save_tokens(tmp_path / "tokens", ids, codes)
+    states = [rng.normal(size=(3, TEXT_DIM)).astype(np.float16) for _ in range(2 * n)]
+    save_text(tmp_path / "text", ids, 2, states)
+    write_split(tmp_path / "split", ids[:14], ids[14:])
+    (tmp_path / "codec").mkdir()
+    codec_config().to_json_file(tmp_path / "codec" / "config.json")
+    return {name: tmp_path / name for name in ("tokens", "text", "split", "codec")} | {
+        "root": tmp_path
+    }
+
+
+def write_split(split_dir: Path, train: list[str], valid: list[str]) -> None:
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / "train.txt").write_text("\n".join(train) + "\n")
+    (split_dir / "valid.txt").write_text("\n".join(valid) + "\n")
+    (split_dir / "test.txt").write_text("")
+
+
+def run_stage(inputs, out: str, ckpt: str, **train) -> dict:
+    """The train stage's function on ``inputs``; returns its metrics."""
+    root = inputs["root"]
+    training.train(
+        LM_PARAMS,
+        {**TRAIN_PARAMS, **train},
+        inputs["tokens"],
+        inputs["text"],
+        inputs["split"],
+        inputs["codec"],
+        root / out,
+        root / ckpt,
+        root / f"{out}.json",
+        root / f"{out}-plots",
+        progress=False,
+    )
+    return json.loads((root / f"{out}.json").read_text())
+
+
+def save_hf_musicgen(
+    path: Path, card: int = CARD, n_codebooks: int = K, text_dim: int = TEXT_DIM, **codec
+) -> Path:
+    """A random ``MusicgenForConditionalGeneration`` with a small T5 of width ``text_dim``."""
+    torch.manual_seed(0)
+    decoder = MusicgenDecoderConfig(
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        num_codebooks=n_codebooks,
+        vocab_size=card,
+        pad_token_id=card,
+        bos_token_id=card,
+        decoder_start_token_id=card,
+    )
+    text = T5Config(vocab_size=40, d_model=text_dim, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    config = MusicgenConfig(text_encoder=text, audio_encoder=codec_config(**codec), decoder=decoder)
+    MusicgenForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+def test_step_zero_ce_of_a_finetune_equals_the_converted_checkpoint(inputs):
+    hf = save_hf_musicgen(inputs["root"] / "hf")
+    metrics = run_stage(inputs, "lm", "ckpt", init_from=str(hf))
+    convert_hf(str(hf), inputs["root"] / "converted")
+    converted = load_lm(inputs["root"] / "converted")
+    valid = training.read_split(inputs["split"], "valid")
+    data = CodesAndText(inputs["tokens"], inputs["text"], valid)
+    expected = validation_ce(converted, data, 8, torch.device("cpu")).mean()
+    assert metrics["val_ce_init"] == pytest.approx(expected, rel=1e-6)
+    trained = json.loads((inputs["root"] / "lm" / "config.json").read_text())
+    assert trained["n_layers"] == 2 and trained["d_model"] == 16  # the checkpoint's, not lm's
+    start, ema = converted.state_dict(), weights(inputs["root"] / "lm")
+    assert any(not torch.equal(ema[k], start[k]) for k in start)  # and it trained from there
+
+
+def test_a_converted_checkpoint_is_used_in_place_and_a_conversion_is_cached(inputs, monkeypatch):
+    hf = save_hf_musicgen(inputs["root"] / "hf")
+    cache = inputs["root"] / "cache"
+    first = F.resolve_init(str(hf), cache)
+    assert first.lm_dir.parent == cache and first.codec == F.CodecSpec(CARD, 32000, 640)
+    monkeypatch.setattr("musicgen.convert.convert_hf", lambda *a: pytest.fail("converted twice"))
+    again = F.resolve_init(str(hf), cache)
+    assert again.lm_dir == first.lm_dir and again.digest == first.digest
+    in_place = F.resolve_init(str(first.lm_dir), inputs["root"] / "unused")
+    assert in_place.lm_dir == first.lm_dir and in_place.digest == first.digest
+    assert not (inputs["root"] / "unused").exists()
+
+
+@pytest.mark.parametrize(
+    "hf_kw, lm_kw, message",
+    [
+        ({"card": 64}, {}, "card 64 but the codec has 32"),
+        ({"n_codebooks": 2}, {}, "2 codebooks but the tokens have 4"),
+        ({"text_dim": 12}, {}, "text width 12 but the text states are 8 wide"),
+        ({"upsampling_ratios": [8, 5, 4, 2]}, {}, "hop_length 320 samples per frame"),
+        ({"sampling_rate": 24000}, {}, "sampling_rate 24000 Hz but the codec has 32000"),
+        ({}, {"pattern": "parallel"}, "pattern 'delay' but lm.pattern is 'parallel'"),
+        ({}, {"delays": [0, 2, 4, 6]}, "delays [0, 1, 2, 3] but lm.delays is [0, 2, 4, 6]"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_with_the_reason(
+    inputs, monkeypatch, hf_kw, lm_kw, message
+):
+    hf = save_hf_musicgen(inputs["root"] / "hf", **hf_kw)
+    monkeypatch.setattr(training, "lm_config", lambda *a: pytest.fail("built the preset"))
+    monkeypatch.setitem(globals(), "LM_PARAMS", {**LM_PARAMS, **lm_kw})
+    with pytest.raises(F.IncompatibleCheckpoint, match=r"does not fit this run") as err:
+        run_stage(inputs, "lm", "ckpt", init_from=str(hf))
+    assert message in str(err.value)
+    assert not (inputs["root"] / "lm").exists()
+
+
+def test_init_from_that_is_no_checkpoint_is_refused(inputs, tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(F.IncompatibleCheckpoint, match="neither an LM directory"):
+        F.resolve_init(str(tmp_path / "junk"), tmp_path / "cache")
+
+
+def interrupt_after_first_checkpoint(monkeypatch, inputs, ckpt: str) -> None:
+    """Runs the stage until its first checkpoint is written, then kills it."""
+    import musicgen.train as tr
+
+    real_save = tr.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(inputs, "killed", ckpt)
+
+
+def weights(lm_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(lm_dir / "model.safetensors"))
+
+
+def test_changing_the_split_between_a_kill_and_the_rerun_starts_over(inputs, monkeypatch, caplog):
+    root = inputs["root"]
+    interrupt_after_first_checkpoint(monkeypatch, inputs, "ckpt")
+    assert json.loads((root / "ckpt" / "meta.json").read_text())["step"] == 4
+    train = training.read_split(inputs["split"], "train")
+    valid = training.read_split(inputs["split"], "valid")
+    write_split(inputs["split"], train[:-2], valid + train[-2:])  # no train param changes
+    with caplog.at_level(logging.INFO):
+        run_stage(inputs, "rerun", "ckpt")
+    assert "another run (split changed); this run starts over" in caplog.text
+    assert "resuming" not in caplog.text
+    shutil.rmtree(root / "fresh-ckpt", ignore_errors=True)
+    run_stage(inputs, "fresh", "fresh-ckpt")
+    rerun, fresh = weights(root / "rerun"), weights(root / "fresh")
+    assert all(torch.equal(rerun[k], fresh[k]) for k in fresh)
+
+
+def test_same_inputs_resume_and_the_key_ignores_cadence(inputs, monkeypatch, caplog):
+    interrupt_after_first_checkpoint(monkeypatch, inputs, "ckpt")
+    with caplog.at_level(logging.INFO):
+        run_stage(inputs, "rerun", "ckpt", eval_every=2, checkpoint_every=3)
+    assert "resuming from step 4" in caplog.text
+    assert "starts over" not in caplog.text
