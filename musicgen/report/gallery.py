@@ -2,9 +2,12 @@
 
 API (called by the evaluate stage)::
 
-    from musicgen.report.gallery import GalleryItem, write_gallery, write_spectrogram_pairs
+    from musicgen.report.gallery import (
+        GalleryItem, gallery_params, items_from_table, write_gallery, write_spectrogram_pairs)
 
     items = [GalleryItem(id, caption, reference_wav, generated_wav, {"fad": 1.2, "clap": 0.3}), ...]
+    # or from a per-clip table (columns ytid + numeric scores) and the wav folders:
+    items = items_from_table(per_clip, captions, Path("data/audio"), Path("data/generated/audio"))
     write_gallery(Path("reports/gallery"), metrics=metrics, params=gallery_params(params),
                   items=items, curves=curves)  # -> reports/gallery/index.html
     write_spectrogram_pairs(Path("plots/spectrograms"), items[:4])
@@ -83,6 +86,48 @@ class GalleryItem:
     reference_wav: Path
     generated_wav: Path
     scores: dict[str, float] = field(default_factory=dict)
+
+
+def items_from_table(
+    table: pd.DataFrame,
+    captions: dict[str, str],
+    reference_dir: Path,
+    generated_dir: Path,
+    id_column: str = "ytid",
+) -> list[GalleryItem]:
+    """Gallery items from a per-clip score table, in its row order.
+
+    Args:
+        table: one row per clip: ``id_column`` and numeric score columns (other columns are
+            ignored); NaN scores are kept (shown as ``nan``, sorted last).
+        captions: id -> caption.
+        reference_dir: holds ``<id>.wav`` of each reference clip.
+        generated_dir: holds ``<id>.wav`` of each generated clip.
+        id_column: the id column's name.
+
+    Returns:
+        one :class:`GalleryItem` per row.
+    """
+    if id_column not in table.columns:
+        raise ValueError(
+            f"per-clip table: no '{id_column}' column (columns: {list(table.columns)})"
+        )
+    score_columns = [
+        c for c in table.columns if c != id_column and pd.api.types.is_numeric_dtype(table[c])
+    ]
+    items = []
+    for row in table.to_dict("records"):
+        clip_id = str(row[id_column])
+        if clip_id not in captions:
+            raise KeyError(f"per-clip table: no caption for id {clip_id!r}")
+        scores = {c: float(row[c]) for c in score_columns}
+        wav = f"{clip_id}.wav"
+        items.append(
+            GalleryItem(
+                clip_id, captions[clip_id], reference_dir / wav, generated_dir / wav, scores
+            )
+        )
+    return items
 
 
 def safe_name(text: str, max_len: int = 48) -> str:

@@ -3,6 +3,8 @@
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
+import pandas as pd
 import pytest
 from reporthelpers import (
     HOSTILE_CAPTIONS,
@@ -17,6 +19,7 @@ from musicgen.report.gallery import (
     GALLERY_PARAMS,
     GalleryItem,
     gallery_params,
+    items_from_table,
     safe_name,
     write_gallery,
     write_spectrogram_pairs,
@@ -130,3 +133,26 @@ def test_spectrogram_pairs_for_dvc_plots(tmp_path, hostile_items):
     twin = GalleryItem("b/id/b", "", hostile_items[0].reference_wav, hostile_items[0].generated_wav)
     paths = write_spectrogram_pairs(tmp_path / "twins", [hostile_items[1], twin])
     assert len({p.name for p in paths}) == 4  # ids equal once made safe: index-prefixed names
+
+
+def test_items_from_a_per_clip_table(tmp_path):
+    table = pd.DataFrame(
+        {
+            "ytid": ["b", "a"],
+            "fd_vggish": [1.5, 0.25],
+            "clap-score": [0.2, np.nan],
+            "note": ["x", "y"],
+        }
+    )
+    items = items_from_table(
+        table, {"a": "cap a", "b": "cap b"}, tmp_path / "ref", tmp_path / "gen"
+    )
+    assert [(i.id, i.caption) for i in items] == [("b", "cap b"), ("a", "cap a")]
+    assert items[0].reference_wav == tmp_path / "ref" / "b.wav"
+    assert items[1].generated_wav == tmp_path / "gen" / "a.wav"
+    assert items[0].scores == {"fd_vggish": 1.5, "clap-score": 0.2}  # numeric columns only
+    assert np.isnan(items[1].scores["clap-score"])
+    with pytest.raises(KeyError, match="no caption for id 'b'"):
+        items_from_table(table, {"a": "cap a"}, tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="no 'ytid' column"):
+        items_from_table(table.drop(columns="ytid"), {}, tmp_path, tmp_path)
