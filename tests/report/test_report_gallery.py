@@ -92,6 +92,9 @@ def test_rewrite_replaces_the_folder(tmp_path, hostile_items, run_info):
     assert not (out_dir / "images" / "curves.png").exists()
     assert "curves.png" not in index.read_text(encoding="utf-8")
     assert [p.name for p in out_dir.parent.iterdir()] == ["gallery"]  # no temporary folder
+    index = write_gallery(out_dir, metrics={}, params={}, items=[])
+    assert list((out_dir / "audio").iterdir()) == []
+    assert "<tbody></tbody>" in index.read_text(encoding="utf-8")
 
 
 def test_missing_wav_names_the_item_and_keeps_the_old_gallery(tmp_path, hostile_items, run_info):
