@@ -1,14 +1,492 @@
 """The ``musicgen`` command.
 
-``musicgen convert-hf SRC DST`` converts a Hugging Face MusicGen checkpoint (a directory or a hub id)
-into this project's LM format (see ``musicgen.convert``).
+- ``musicgen generate "prompt" ... --out DIR|FILE.wav``: music from text prompts, with a trained run
+  of this pipeline (``--model RUN_DIR``) or a published MusicGen checkpoint (``--hf ID_OR_DIR``),
+  see :mod:`musicgen.inference`;
+- ``musicgen info [RUN_DIR]``: what a run holds (clips, splits, codebooks, the LM and its training,
+  the metrics);
+- ``musicgen convert-hf SRC DST``: a Hugging Face MusicGen checkpoint in this project's LM format
+  (see :mod:`musicgen.convert`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import re
+import sys
+import unicodedata
+from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
+
+log = logging.getLogger("musicgen")
+
+DEFAULT_SECONDS = 10.0  # MusicGen's default length; a run's default is capped at its clip length
+DEFAULT_BATCH = 4  # prompts per generate() call
+SLUG_CHARS = 40  # longest prompt-derived part of an output name
+
+
+class UsageError(ValueError):
+    """A command line that cannot be run as given; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None) or it is a flag (False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _number(kind, name: str, low: float, low_ok: bool, high: float | None = None):
+    """An argparse type: a finite ``kind`` above ``low`` (or at it, if ``low_ok``), at most ``high``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from err
+        too_low = value < low or (value == low and not low_ok)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high else "")
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """The prompts of the command line, then those of ``prompts_file`` (one a line; blank lines
+    and lines starting with ``#`` skipped).
+
+    Raises:
+        UsageError: if there is none, one is empty, or the file cannot be read.
+    """
+    out = []
+    for i, text in enumerate(prompts, 1):
+        if not text.strip():
+            raise UsageError(f'prompt {i} is empty: give a description such as "calm piano"')
+        out.append(text.strip())
+    if prompts_file is not None:
+        try:
+            lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --prompts {prompts_file}: {err}") from err
+        out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not out:
+        raise UsageError('no prompt: give one, e.g. musicgen generate "calm piano" --out x.wav')
+    return out
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a prompt: ASCII letters, digits and ``_``, at most SLUG_CHARS."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")[:SLUG_CHARS].rstrip("_")
+
+
+def output_paths(out: Path, prompts: list[str], overwrite: bool) -> list[Path]:
+    """Where each prompt's WAV goes: ``out`` itself (a ``.wav``, one prompt) or, in a directory,
+    ``NN_<slug>.wav`` numbered in prompt order. The JSON sidecar is beside it.
+
+    Raises:
+        UsageError: a ``.wav`` for several prompts, or a file that exists without ``overwrite``.
+    """
+    if out.suffix.lower() == ".wav":
+        if len(prompts) != 1:
+            raise UsageError(
+                f"--out {out} is one file but there are {len(prompts)} prompts: give a directory"
+            )
+        paths = [out]
+    else:
+        width = max(2, len(str(len(prompts))))
+        paths = [
+            out / "_".join(filter(None, [f"{i:0{width}d}", slug(p)]))
+            for i, p in enumerate(prompts, 1)
+        ]
+        paths = [p.with_name(p.name + ".wav") for p in paths]
+    if not overwrite:
+        for path in paths:
+            for f in (path, path.with_suffix(".json")):
+                if f.exists():
+                    raise UsageError(
+                        f"{f} exists: pass --overwrite to replace it, or choose another --out"
+                    )
+    return paths
+
+
+def run_seconds(asked: float | None, trained: float | None) -> float:
+    """The length to generate: as asked, else MusicGen's 10 s capped at the run's clip length."""
+    if asked is not None:
+        if trained is not None and asked > trained:
+            log.warning(
+                "the LM was trained on %.1f s clips; %.1f s go beyond the lengths it saw",
+                trained,
+                asked,
+            )
+        return asked
+    return min(DEFAULT_SECONDS, trained) if trained else DEFAULT_SECONDS
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from musicgen import inference
+    from musicgen.data.audio import write_wav
+    from musicgen.device import pick_device
+    from musicgen.generate import SamplingConfig
+    from musicgen.params import write_json
+
+    prompts = read_prompts(args.prompts, args.prompts_file)
+    paths = output_paths(args.out, prompts, args.overwrite)
+    if args.cont is not None and not args.cont.is_file():
+        raise UsageError(f"--continue {args.cont}: no such file")
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.hf is not None:
+        log.info("loading %s", args.hf)
+        model = inference.load_hf(args.hf, device)
+    else:
+        log.info("loading the run at %s", args.model)
+        model = inference.load_run(args.model, device)
+    seconds = run_seconds(args.seconds, model.trained_seconds)
+    prompt = None if args.cont is None else model.encode_audio(args.cont)
+    sampling = SamplingConfig(
+        cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature
+    )
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    settings = {
+        "model": model.source,
+        "seconds": seconds,
+        "continue": None if args.cont is None else str(args.cont.resolve()),
+        "continue_frames": 0 if prompt is None else int(prompt.shape[2]),
+        "sampling": asdict(sampling),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "sample_rate": model.sample_rate,
+        "version": version("musicgen-dvc"),
+    }
+    bs = args.batch_size
+    with tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
+        for start in range(0, len(prompts), bs):
+            batch = prompts[start : start + bs]
+            audio = model.generate(batch, seconds, sampling, generator, prompt)
+            for i, (text, clip) in enumerate(zip(batch, audio, strict=True), start):
+                write_wav(paths[i], clip, model.sample_rate)
+                write_json(
+                    paths[i].with_suffix(".json"),
+                    {"prompt": text, "index": i, "samples": len(clip), **settings},
+                )
+            bar.update(len(batch))
+    for path in paths:
+        print(path)
+
+
+def add_generate(commands) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="music from text prompts, with a trained run or a published MusicGen",
+        description="Generates music from text prompts and writes one 16-bit WAV at the codec's "
+        "rate per prompt, with a JSON sidecar (the prompt and every setting). The same command "
+        "(prompts, their order, batch size, seed) gives the same audio again on the same machine.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("prompts", nargs="*", help='text prompts, e.g. "calm piano"')
+    p.add_argument(
+        "--prompts",
+        dest="prompts_file",
+        type=Path,
+        metavar="FILE",
+        help="a text file with one prompt a line",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR|FILE.wav",
+        help="FILE.wav for one prompt, or a directory (NN_<prompt>.wav per prompt)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        type=Path,
+        metavar="RUN_DIR",
+        default=Path("."),
+        help="a trained run of this pipeline: its data/lm, data/models/codec, data/models/text",
+    )
+    source.add_argument(
+        "--hf",
+        metavar="ID_OR_DIR",
+        help="a published MusicGen instead: a hub id (facebook/musicgen-small) or a "
+        "MusicgenForConditionalGeneration save_pretrained directory with its tokenizer",
+    )
+    p.add_argument(
+        "--seconds",
+        metavar="S",
+        type=_number(float, "--seconds", 0, False),
+        default=None,
+        help=f"seconds of new audio (default: {DEFAULT_SECONDS:g}; for a run at most the length "
+        "of its training clips)",
+    )
+    p.add_argument(
+        "--cfg",
+        metavar="C",
+        type=_number(float, "--cfg", 0, True),
+        default=3.0,
+        help="classifier-free guidance coefficient; 1 turns it off",
+    )
+    p.add_argument(
+        "--top-k",
+        metavar="K",
+        type=_number(int, "--top-k", 0, True),
+        default=250,
+        help="sample among the K likeliest tokens; 0 disables",
+    )
+    p.add_argument(
+        "--top-p",
+        metavar="P",
+        type=_number(float, "--top-p", 0, True, 1.0),
+        default=0.0,
+        help="nucleus sampling when > 0 (after top-k)",
+    )
+    p.add_argument(
+        "--temperature",
+        metavar="T",
+        type=_number(float, "--temperature", 0, True),
+        default=1.0,
+        help="0 is greedy",
+    )
+    p.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the sampling")
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--continue",
+        dest="cont",
+        type=Path,
+        metavar="AUDIO",
+        help="an audio file to continue (mixed to mono, resampled to the codec's rate); the "
+        "output holds it (re-synthesised by the codec) followed by --seconds of new audio",
+    )
+    p.add_argument(
+        "--batch-size",
+        metavar="B",
+        type=_number(int, "--batch-size", 1, True),
+        default=DEFAULT_BATCH,
+        help="prompts generated at once",
+    )
+    p.set_defaults(run=generate_command)
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _counts(path: Path, column: str) -> str | None:
+    """``n rows (value n, ...)`` of a CSV column, or None if the file cannot be read."""
+    import pandas as pd
+
+    try:
+        values = pd.read_csv(path, dtype=str, keep_default_na=False)[column]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return None
+    counts = ", ".join(f"{k} {v}" for k, v in values.value_counts().items())
+    return f"{len(values)} clips ({counts})"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _lm_parameters(lm_dir: Path) -> int | None:
+    """Parameters in the LM's safetensors file, read from its header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(lm_dir / "model.safetensors"), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (OSError, ValueError):
+        return None
+
+
+def codebook_metrics(run: Path) -> tuple[Path, dict] | None:
+    """The first metrics file with per-codebook usage (tokenize's, else the codec's, else any)."""
+    files = [run / "metrics/tokenize.json", run / "metrics/codec.json"]
+    files += sorted((run / "metrics").glob("*.json"))
+    for path in files:
+        metrics = _read_json(path)
+        if metrics and "codebook_0_distinct" in metrics:
+            return path, metrics
+    return None
+
+
+def info_lines(run: Path) -> list[str]:
+    """A terminal-readable summary of a run; what is missing is listed at the end."""
+    lines, missing = [f"run {run.resolve()}"], []
+
+    def item(label: str, path: Path, text: str | None, stage: str) -> None:
+        if text is None:
+            missing.append(f"{path.relative_to(run)} (stage {stage})")
+        else:
+            lines.append(f"  {label:<14}{text}")
+
+    lines.append("data")
+    item(
+        "download",
+        run / "data/raw/status.csv",
+        _counts(run / "data/raw/status.csv", "status"),
+        "download",
+    )
+    manifest = run / "data/audio/manifest.csv"
+    item("resample", manifest, _counts(manifest, "status"), "resample")
+    split_dir = run / "data/split"
+    splits = {s: split_dir / f"{s}.txt" for s in ("train", "valid", "test")}
+    item(
+        "split",
+        split_dir,
+        ", ".join(f"{s} {len(p.read_text().split())}" for s, p in splits.items())
+        if all(p.is_file() for p in splits.values())
+        else None,
+        "split",
+    )
+
+    lines.append("models")
+    codec = _read_json(run / "data/models/codec/config.json")
+    usage = codebook_metrics(run)
+    codec_text = None
+    if codec:
+        codec_text = (
+            f"EnCodec {codec.get('sampling_rate')} Hz, hop {math.prod(codec.get('upsampling_ratios', [1]))}, "
+            f"{codec.get('codebook_size')} codes per codebook"
+        )
+    item("codec", run / "data/models/codec", codec_text, "codec_model")
+    if usage:
+        path, m = usage
+        K = sum(1 for k in m if re.fullmatch(r"codebook_\d+_distinct", k))
+        usage_text = "distinct codes " + " ".join(
+            str(m[f"codebook_{k}_distinct"]) for k in range(K)
+        )
+        if all(f"codebook_{k}_entropy_bits" in m for k in range(K)):
+            entropy = " ".join(f"{m[f'codebook_{k}_entropy_bits']:.2f}" for k in range(K))
+            usage_text += f"; entropy {entropy} bits"
+        lines.append(f"  {'codebooks':<14}{usage_text} ({path.relative_to(run)})")
+    text = _read_json(run / "data/models/text/config.json")
+    item(
+        "text encoder",
+        run / "data/models/text",
+        None
+        if text is None
+        else f"{text.get('model_type')}, d_model {text.get('d_model')}, layers {text.get('num_layers')}, "
+        f"vocabulary {text.get('vocab_size')}",
+        "text_model",
+    )
+    lm = _read_json(run / "data/lm/config.json")
+    lm_text = None
+    if lm:
+        n = _lm_parameters(run / "data/lm")
+        lm_text = (
+            f"d_model {lm['d_model']}, heads {lm['n_heads']}, layers {lm['n_layers']}, ffn "
+            f"{lm['ffn_dim']}, {lm['n_codebooks']} codebooks x {lm['card']}, pattern {lm['pattern']}"
+            f"{' ' + str(lm['delays']) if lm['pattern'] == 'delay' else ''}, text_dim {lm['text_dim']}"
+            + ("" if n is None else f", {n:,} parameters")
+        )
+    item("LM", run / "data/lm", lm_text, "train")
+    train = _read_json(run / "metrics/train.json")
+    if train:
+        parts = [f"{_fmt(train.get('steps'))} steps"]
+        if "tokens_seen" in train:
+            parts.append(f"{_fmt(train['tokens_seen'])} tokens")
+        if "val_ce" in train:
+            extra = [
+                f"{label} {train[key]:.4f}"
+                for key, label in (("val_ce_init", "step 0"), ("val_ce_raw", "raw weights"))
+                if key in train
+            ]
+            parts.append(
+                f"val_ce {train['val_ce']:.4f} nats" + (f" ({', '.join(extra)})" if extra else "")
+            )
+        if "train_token_entropy" in train:
+            parts.append(f"training-token entropy {train['train_token_entropy']:.4f}")
+        lines.append(f"  {'training':<14}" + ", ".join(parts))
+    generated = run / "data/generated/audio"
+    item(
+        "generated",
+        generated,
+        f"{len(list(generated.glob('*.wav')))} wavs in data/generated/audio"
+        if generated.is_dir()
+        else None,
+        "generate",
+    )
+
+    metric_files = sorted((run / "metrics").glob("*.json"))
+    if metric_files:
+        lines.append("metrics")
+    for path in metric_files:
+        metrics = _read_json(path)
+        if not isinstance(metrics, dict):
+            lines.append(f"  {path.relative_to(run)}: unreadable")
+            continue
+        lines.append(f"  {path.relative_to(run)}")
+        width = max((len(k) for k in metrics), default=0)
+        lines += [f"    {k:<{width}}  {_fmt(v)}" for k, v in sorted(metrics.items())]
+    if not metric_files:
+        missing.append("metrics/*.json")
+    if missing:
+        lines.append("missing (run `dvc repro` in the run to build them)")
+        lines += [f"  {m}" for m in missing]
+    return lines
+
+
+def info_command(args: argparse.Namespace) -> None:
+    if not args.run_dir.is_dir():
+        raise UsageError(f"{args.run_dir} is not a directory")
+    print("\n".join(info_lines(args.run_dir)))
+
+
+def add_info(commands) -> None:
+    p = commands.add_parser(
+        "info",
+        help="what a run holds: clips, splits, codebooks, the LM, its training and metrics",
+        description="Summarises a run of this pipeline (tolerates a partly built one and lists "
+        "what is missing).",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("run_dir", nargs="?", type=Path, default=Path("."), help="the run directory")
+    p.set_defaults(run=info_command)
+
+
+# ---------------------------------------------------------------------------------------------
+# convert-hf
 
 
 def convert_hf_command(args: argparse.Namespace) -> None:
@@ -22,27 +500,40 @@ def convert_hf_command(args: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="musicgen", description="musicgen-dvc tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser(
+def add_convert_hf(commands) -> None:
+    p = commands.add_parser(
         "convert-hf",
         help="convert a Hugging Face MusicGen checkpoint into this project's LM format",
     )
-    convert.add_argument(
+    p.add_argument(
         "src",
         help="a MusicgenForConditionalGeneration or MusicgenForCausalLM directory, or a hub id "
         "such as facebook/musicgen-small",
     )
-    convert.add_argument("dst", type=Path, help="output directory (model.safetensors, config.json)")
-    convert.set_defaults(run=convert_hf_command)
+    p.add_argument("dst", type=Path, help="output directory (model.safetensors, config.json)")
+    p.set_defaults(run=convert_hf_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicgen", description="musicgen-dvc tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_generate(commands)
+    add_info(commands)
+    add_convert_hf(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs a command; errors the user can fix end with a message and exit status 1."""
+    from musicgen.inference import ModelError, PromptAudioError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (UsageError, ModelError, PromptAudioError) as err:
+        print(f"musicgen {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
 
 
 if __name__ == "__main__":
