@@ -24,6 +24,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ AUDIO_EXTENSIONS = {
     ".m4a", ".aac", ".mp4", ".webm", ".mka", ".wma",
 }  # fmt: skip
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # ids name files: no dots, slashes or glob characters
+NA_WORDS = {"na", "nan", "-nan", "null", "none"}  # ids pandas would read back as missing values
 BOOL_COLUMNS = ("is_balanced_subset", "is_audioset_eval")
 STATUS_COLUMNS = ["ytid", "status", "reason", "duration", "bytes", "file"]
 
@@ -71,8 +73,11 @@ class FolderConfig:
 
 
 def clip_id(file: str) -> str:
-    """The id of a clip from its path relative to the folder: ``a/b c.wav`` -> ``a_b_c``."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(file).with_suffix("").as_posix()).strip("_")
+    """The id of a clip from its path relative to the folder: ``a/b c.wav`` -> ``a_b_c``,
+    ``Café.flac`` -> ``Cafe`` (accents dropped, other characters made ``_``)."""
+    stem = unicodedata.normalize("NFKD", Path(file).with_suffix("").as_posix())
+    stem = "".join(c for c in stem if not unicodedata.combining(c))
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
 
 
 def hashed_id(file: str) -> str:
@@ -151,7 +156,7 @@ def list_clips(cfg: FolderConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = table.fillna("")
     given = table["id"].astype(str).str.strip() if "id" in table else pd.Series("", table.index)
     derived = table["file"].map(lambda f: clip_id(f) or "clip")
-    clash = derived.map(derived.value_counts()) > 1
+    clash = (derived.map(derived.value_counts()) > 1) | derived.str.lower().isin(NA_WORDS)
     derived[clash] = table.loc[clash, "file"].map(hashed_id)
     table["ytid"] = given.where(given != "", derived)
     repeated = table["ytid"].duplicated()
@@ -171,7 +176,10 @@ def clip_problem(folder: Path, source: str, record: dict) -> str:
     problems = []
     if "__problem__" in record and record["__problem__"]:
         problems.append(Problem(where, record["row"], "row", record["__problem__"]))
-    if not ID_PATTERN.fullmatch(record["ytid"]):
+    if record["ytid"].lower() in NA_WORDS:
+        reason = f"id {record['ytid']!r} reads as a missing value in CSV tables"
+        problems.append(Problem(where, record["row"], "id", reason))
+    elif not ID_PATTERN.fullmatch(record["ytid"]):
         reason = f"id {record['ytid']!r} must match {ID_PATTERN.pattern}"
         problems.append(Problem(where, record["row"], "id", reason))
     if not clean_caption(record["caption"]):

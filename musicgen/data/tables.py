@@ -113,13 +113,16 @@ def clean_caption(text: str) -> str:
     format characters (zero-width spaces, bidi marks, NUL, ...) made spaces, NFC, ends stripped.
 
     Line breaks and tabs stay (words are split on any whitespace later); other scripts stay as
-    they are.
+    they are. Where something was removed, runs of spaces become one.
     """
-    text = html.unescape(_TAG.sub(" ", str(text)))
+    given = str(text)
+    text = html.unescape(_TAG.sub(" ", given))
     text = "".join(
         " " if unicodedata.category(c) in ("Cc", "Cf") and c not in _WHITESPACE_CONTROLS else c
         for c in text
     )
+    if text != given:  # what was removed leaves one space; a clean caption keeps its spacing
+        text = re.sub(" {2,}", " ", text)
     return unicodedata.normalize("NFC", text).strip()
 
 

@@ -14,7 +14,13 @@ AUDIO = "audio"
 
 
 def read_metadata(raw_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(raw_dir / METADATA, dtype={"ytid": str})
+    """``metadata.csv``; a caption such as "NA" or "null" stays text (only times may be missing)."""
+    return pd.read_csv(
+        raw_dir / METADATA,
+        dtype={"ytid": str, "caption": str},
+        keep_default_na=False,
+        na_values={"start_s": [""], "end_s": [""]},
+    )
 
 
 def read_split(split_dir: Path, name: str) -> list[str]:

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTENT_TYPES = {".m4a": "audio/mp4", ".webm": "audio/webm", ".wav": "audio/wav"}
@@ -150,3 +151,15 @@ def peak_frequency(x: np.ndarray, sr: int) -> float:
     """The frequency of the largest bin of a Hann-windowed spectrum."""
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()]
+
+
+def write_clip(folder: Path, name: str, caption: str | None, freq: float = 440.0) -> None:
+    """A 1.5 s sine (stereo, 44.1 kHz) at ``folder/name``, with a sidecar caption if given."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".m4a":
+        ffmpeg_sine(path, 1.5, 44100, freq=int(freq))
+    else:
+        sf.write(path, sine(freq, 44100, 1.5, channels=2).T, 44100)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption + "\n")

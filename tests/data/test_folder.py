@@ -1,29 +1,15 @@
 """The folder source: your own audio files and captions, through the same stages."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
-from datahelpers import ffmpeg_sine, sine
+from datahelpers import write_clip
 from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
 
 from musicgen.data.folder import FolderConfig, hashed_id, import_folder, list_clips
 from musicgen.data.synthetic import MUSICCAPS_COLUMNS
-
-
-def write_clip(folder: Path, name: str, caption: str | None, freq: float = 440.0) -> None:
-    """A 1.5 s sine (stereo, 44.1 kHz) at ``folder/name``, with a sidecar caption if given."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".m4a":
-        ffmpeg_sine(path, 1.5, 44100, freq=int(freq))
-    else:
-        sf.write(path, sine(freq, 44100, 1.5, channels=2).T, 44100)
-    if caption is not None:
-        path.with_suffix(".txt").write_text(caption + "\n")
 
 
 def test_sidecar_captions(tmp_path):
