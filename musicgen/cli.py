@@ -27,6 +27,7 @@ log = logging.getLogger("musicgen")
 DEFAULT_SECONDS = 10.0  # MusicGen's default length; a run's default is capped at its clip length
 DEFAULT_BATCH = 4  # prompts per generate() call
 SLUG_CHARS = 40  # longest prompt-derived part of an output name
+OTHER_AUDIO = {".flac", ".mp3", ".ogg", ".opus", ".aiff", ".m4a"}  # --out names refused
 
 
 class UsageError(ValueError):
@@ -103,6 +104,10 @@ def output_paths(out: Path, prompts: list[str], overwrite: bool) -> list[Path]:
     Raises:
         UsageError: a ``.wav`` for several prompts, or a file that exists without ``overwrite``.
     """
+    if out.suffix.lower() in OTHER_AUDIO:
+        raise UsageError(f"--out {out}: only WAV is written; give FILE.wav or a directory")
+    if out.suffix.lower() != ".wav" and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory: give FILE.wav or a directory")
     if out.suffix.lower() == ".wav":
         if len(prompts) != 1:
             raise UsageError(

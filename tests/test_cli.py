@@ -258,10 +258,15 @@ def test_generate_errors_say_what_to_do(tiny_run, tmp_path, capsys, args, messag
         ([], 1, "no prompt"),
         (["a", "b"], 1, "is one file but there are 2 prompts"),
         (["x", "--device", "tpu"], 1, "device must be auto, cpu, cuda"),
+        (["x", "--out", "{tmp}/x.flac"], 1, "only WAV is written"),
+        (["x", "--out", "{tmp}/file"], 1, "is a file, not a directory"),
     ],
 )
 def test_bad_arguments_are_refused_before_loading(tmp_path, capsys, args, code, message):
-    got, _, err = run_cli(["generate", *args, "--out", tmp_path / "x.wav"], capsys)
+    (tmp_path / "file").write_text("")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = [] if "--out" in args else ["--out", tmp_path / "x.wav"]
+    got, _, err = run_cli(["generate", *args, *out], capsys)
     assert (got, message in err) == (code, True), err
 
 
