@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project and its tools into the current Python environment (use a venv if you like).
-# torch: an existing install is kept; otherwise torch 2.13.0 is installed (on the project's CI
-# machines that is a local CPU wheel; elsewhere pip picks the build for your platform).
+# Every dependency at the version in requirements/constraints.txt. torch: an existing install is
+# kept (with a warning if its version differs); otherwise the locked version is installed (on the
+# project's CI machines that is a local CPU wheel; elsewhere pip picks the build for your platform).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,10 +13,22 @@ if ! command -v ffmpeg >/dev/null; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
 fi
+# Exact versions of every dependency (README, Reproducibility): requirements/constraints.txt.
+# torch: its version is locked, its build is the platform's; TORCH_INDEX_URL picks one, e.g.
+# https://download.pytorch.org/whl/cpu or https://download.pytorch.org/whl/cu126.
+CONSTRAINTS=requirements/constraints.txt
+TORCH=$(sed -n 's/^torch==//p' "$CONSTRAINTS")
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install --quiet "torch==2.13.0"
+  "$PY" -m pip install --quiet "torch==$TORCH" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-"$PY" -m pip install --quiet -e ".[dev]"
+HAVE=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+if [ "$HAVE" != "$TORCH" ]; then  # keep the user's torch, say what that costs
+  echo "install.sh: keeping torch $HAVE (the lock has $TORCH): metrics may move beyond the" \
+    "README's tolerance" >&2
+  grep -v '^torch==' "$CONSTRAINTS" >"${TMPDIR:-/tmp}/musicgen-constraints.txt"
+  CONSTRAINTS="${TMPDIR:-/tmp}/musicgen-constraints.txt"
+fi
+"$PY" -m pip install --quiet -c "$CONSTRAINTS" -e ".[dev]"
 # git identity for `dvc exp run` (it commits experiments) on machines that have none
 git config user.email >/dev/null || git config user.email "musicgen-dvc@localhost"
 git config user.name >/dev/null || git config user.name "musicgen-dvc"
