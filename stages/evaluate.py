@@ -1,4 +1,4 @@
-"""Stage evaluate: Fréchet distance of generated vs. reference audio, per-codebook CE."""
+"""Stage evaluate: FAD, FAD∞, KAD, CLAP score, per-clip scores, per-codebook CE, the gallery."""
 
 import argparse
 from pathlib import Path
@@ -16,19 +16,27 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--audio", type=Path, required=True)
     ap.add_argument("--generated", type=Path, required=True)
+    ap.add_argument("--models", type=Path, required=True)
+    ap.add_argument("--reference", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--per-clip", type=Path, required=True)
+    ap.add_argument("--gallery", type=Path, required=True)
+    ap.add_argument("--spectrograms", type=Path, required=True)
     args = ap.parse_args()
-    params = load_params(args.params)
     evaluation.evaluate(
-        params["evaluate"],
-        params["resample"]["sample_rate"],
+        load_params(args.params),
         args.lm,
         args.tokens,
         args.text,
         args.split,
         args.audio,
         args.generated,
+        args.models,
+        args.reference,
         args.metrics,
+        args.per_clip,
+        args.gallery,
+        args.spectrograms,
     )
 
 

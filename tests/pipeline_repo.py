@@ -19,6 +19,8 @@ DATA_STAGES = {
     "text_model",
     "tokenize",
     "encode_text",
+    "eval_models",
+    "reference_stats",
 }
 
 SMALL = {  # a few clips, short, few steps: the same code paths in a minute or two

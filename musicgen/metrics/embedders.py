@@ -1,88 +1,95 @@
-"""Audio embedders for Fréchet distances.
+"""Audio embedders for FAD, FAD∞ and KAD, by name, and where their weights came from.
 
-``mel``: needs no weights. Each clip is resampled to 16 kHz, cut into 0.96 s windows with a 0.5 s hop
-(VGGish's framing), and each window becomes the mean and standard deviation over time of its 64-band
-log-mel spectrogram (128 numbers). It measures spectral statistics only, not musical quality; the
-embedded default uses it because it runs offline.
+Each embedder turns clips of equal length, (N, S) at some rate, into (N, E, D) float64 embeddings:
+E per clip (0.96 s examples, windows, or 1 for a whole-clip embedding), D wide.
+
+- ``mel``: needs no weights. VGGish's 16 kHz log-mel front end, cut into 0.96 s windows every
+  0.5 s; each window becomes the mean and standard deviation over time of its 64 bands (128
+  numbers). It measures spectral statistics only, not musical quality.
+- ``vggish``: VGGish (:mod:`musicgen.metrics.vggish`), the FAD embedder of MusicGen's paper and of
+  audiocraft; its weights are the eval-models stage's ``vggish.safetensors``.
+- ``clap``: CLAP's audio embedding (:mod:`musicgen.metrics.clap`), one per clip; the model is the
+  eval-models stage's ``clap/``.
+
+The eval-models stage writes ``sources.json`` beside the weights: per embedder, what its weights are
+(``random(seed=0)``, the torchvggish file and its SHA-256, a hub id), so every metric names them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from musicgen.data.audio import resample
+from musicgen.metrics import vggish as V
 
-EMBEDDERS = ("mel",)
-
-
-def mel_filterbank(
-    n_mels: int, n_fft: int, sample_rate: int, fmin: float = 125.0, fmax: float = 7500.0
-) -> torch.Tensor:
-    """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1)."""
-
-    def hz_to_mel(f):
-        return 1127.0 * np.log1p(np.asarray(f) / 700.0)
-
-    def mel_to_hz(m):
-        return 700.0 * np.expm1(np.asarray(m) / 1127.0)
-
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (bins[None] - lower) / (center - lower)
-    down = (upper - bins[None]) / (upper - center)
-    return torch.from_numpy(np.clip(np.minimum(up, down), 0, None)).float()
+EMBEDDERS = ("mel", "vggish", "clap")
+SOURCES = "sources.json"  # embedder -> weights source, in the eval-models directory
+VGGISH_FILE = "vggish.safetensors"
+CLAP_DIR = "clap"
+WEIGHT_FREE = "none (weight-free)"
 
 
 @dataclass
 class MelEmbedder:
-    sample_rate: int = 16000  # audio is resampled to this rate first
-    n_mels: int = 64
-    window_s: float = 0.96  # VGGish example length
+    window_s: float = 0.96  # VGGish's example length
     hop_s: float = 0.5
 
-    def __post_init__(self) -> None:
-        self.n_fft, self.stft_hop = 400, 160  # 25 ms windows, 10 ms hop at 16 kHz
-        self.fbank = mel_filterbank(self.n_mels, 512, self.sample_rate)
+    name = "mel"
+    dim = 2 * V.N_MELS
 
-    @property
-    def dim(self) -> int:
-        return 2 * self.n_mels
-
-    def log_mel(self, audio: np.ndarray) -> torch.Tensor:
-        """(S,) 16 kHz audio -> (frames, n_mels) log-mel."""
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-        spec = torch.stft(
-            x,
-            n_fft=512,
-            hop_length=self.stft_hop,
-            win_length=self.n_fft,
-            window=torch.hann_window(self.n_fft),
-            center=False,
-            return_complex=True,
-        )
-        return torch.log(self.fbank @ spec.abs() + 0.01).T
-
-    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """One clip (S,) -> (windows, 2 * n_mels) embeddings."""
-        mel = self.log_mel(resample(audio, sample_rate, self.sample_rate))
-        frames_per_s = self.sample_rate / self.stft_hop
+    def embed_clips(self, clips: np.ndarray, sample_rate: int) -> np.ndarray:
+        """(N, S) clips -> (N, W, 128): mean and std over time of each window's log-mel bands."""
+        audio = np.stack([resample(c, sample_rate, V.SAMPLE_RATE) for c in clips])
+        mel = V.log_mel(torch.from_numpy(audio))  # (N, F, 64)
+        frames_per_s = V.SAMPLE_RATE / V.HOP
         win, hop = round(self.window_s * frames_per_s), round(self.hop_s * frames_per_s)
-        if mel.shape[0] < win:
-            raise ValueError(f"clip too short for one {self.window_s} s window")
-        windows = mel.unfold(0, win, hop)  # (W, n_mels, win)
-        return torch.cat([windows.mean(-1), windows.std(-1)], dim=1).numpy().astype(np.float64)
+        if mel.shape[1] < win:
+            raise ValueError(f"clips too short for one {self.window_s} s window")
+        windows = mel.unfold(1, win, hop)  # (N, W, 64, win)
+        return torch.cat([windows.mean(-1), windows.std(-1)], dim=-1).numpy()
 
 
-def build_embedder(name: str) -> MelEmbedder:
+def check_embedders(names: list[str]) -> None:
+    unknown = [n for n in names if n not in EMBEDDERS]
+    if unknown or not names:
+        raise ValueError(
+            f"evaluate.embedders: unknown {unknown or 'empty list'}; available: {', '.join(EMBEDDERS)}"
+        )
+
+
+def read_sources(models_dir: Path) -> dict[str, str]:
+    """Embedder -> weights source, as the eval-models stage recorded it."""
+    return json.loads((Path(models_dir) / SOURCES).read_text())
+
+
+def build_embedder(name: str, models_dir: Path, device: torch.device, batch_size: int):
+    """The embedder ``name`` with the weights in ``models_dir`` (the eval-models output)."""
+    check_embedders([name])
     if name == "mel":
         return MelEmbedder()
-    raise ValueError(f"unknown embedder '{name}'; available: {', '.join(EMBEDDERS)}")
+    sources = read_sources(models_dir)
+    if name not in sources:
+        raise ValueError(
+            f"{models_dir / SOURCES}: no '{name}' model; the eval_models stage makes one for each "
+            "name in evaluate.embedders"
+        )
+    if name == "vggish":
+        return V.VGGishEmbedder(V.load_vggish(Path(models_dir) / VGGISH_FILE), device, batch_size)
+    from musicgen.metrics.clap import ClapEmbedder
+
+    return ClapEmbedder(Path(models_dir) / CLAP_DIR, device, batch_size)
 
 
-def embed_clips(embedder: MelEmbedder, clips: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Stacks the window embeddings of clips (N, S) into (sum of windows, D)."""
-    return np.concatenate([embedder.embed(c, sample_rate) for c in clips])
+def weights_source(name: str, models_dir: Path) -> str:
+    return WEIGHT_FREE if name == "mel" else read_sources(models_dir)[name]
+
+
+def embed_clips(embedder, clips: np.ndarray, sample_rate: int) -> np.ndarray:
+    """All embeddings of clips (N, S) as one set, (N * E, D)."""
+    out = embedder.embed_clips(clips, sample_rate)
+    return out.reshape(-1, out.shape[-1])

@@ -17,7 +17,10 @@ resampy; the two differ slightly near Nyquist).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,6 +202,42 @@ def load_vggish(path: str | Path) -> VGGish:
     check_state_dict(state, str(path))
     model.load_state_dict(state)
     return model.eval()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def vggish_weights(source: str, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
+    """VGGish weights and a description of where they came from.
+
+    Args:
+        source: ``random`` (seeded PyTorch initialisation: the embedded default), the URL of
+            torchvggish's release file (:data:`TORCHVGGISH_URL`, downloaded once), or a local path
+            to such a ``.pth``.
+        seed: the seed of ``random``.
+
+    Returns:
+        the state dict and its description (``random(seed=0)``, or the URL or file name with the
+        file's SHA-256), which every metric computed with it records.
+    """
+    if source == "random":
+        return random_vggish(seed).state_dict(), f"random(seed={seed})"
+    if source.startswith(("http://", "https://")):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(urllib.parse.urlparse(source).path).name
+            torch.hub.download_url_to_file(source, str(path), progress=True)
+            return read_torchvggish(path), f"{source} sha256:{file_sha256(path)}"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"VGGish source {source!r} is neither 'random', an http(s) URL nor an existing file"
+        )
+    return read_torchvggish(path), f"{path.name} sha256:{file_sha256(path)}"
 
 
 class VGGishEmbedder:

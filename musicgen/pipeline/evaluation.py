@@ -1,53 +1,199 @@
-"""Stage evaluate: quality metrics of the generated audio and the LM's cross-entropy."""
+"""Stage evaluate: the quality metrics of the generated audio, the LM's CE, the gallery.
+
+FAD, FAD∞ and KAD per embedder against the reference statistics of the reference_stats stage
+(:mod:`musicgen.pipeline.references`), the CLAP score, a per-clip table, the LM's per-codebook
+cross-entropy and perplexity, and the listening gallery.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-import torch
+import pandas as pd
 
-from musicgen.data.audio import load_clips
+from musicgen.data.audio import audio_problem, load_clips, normalise_loudness
 from musicgen.data.store import CodesAndText, load_tokens
+from musicgen.io import atomic_path
 from musicgen.lm import load_lm
+from musicgen.metrics import embedders as E
 from musicgen.params import write_json
 from musicgen.pipeline.common import AUDIO, read_split
+from musicgen.pipeline.references import CAPTIONS, REFERENCE_SUMMARY, load_npz
+
+
+def loudness_normalised(clips: np.ndarray, target_db: float, peak_db: float) -> np.ndarray:
+    """Each (N, S) clip scaled to ``target_db`` RMS dBFS, peak at most ``peak_db``; silent or
+    broken clips are left as they are."""
+    out = clips.copy()
+    for i, clip in enumerate(clips):
+        if audio_problem(clip) is None:
+            out[i] = normalise_loudness(clip, target_db, peak_db)[0]
+    return out
+
+
+def score_embedder(
+    reference: dict[str, np.ndarray], generated: np.ndarray, fad_inf_params: dict
+) -> tuple[dict, np.ndarray | None]:
+    """FAD, FAD∞ and KAD of generated embeddings (N, E, D) against one embedder's reference.
+
+    Returns:
+        the metrics and each clip's own Fréchet distance (None with one embedding per clip).
+    """
+    from musicgen.metrics.frechet import fad_inf, frechet_distance, gaussian, per_clip_fd
+    from musicgen.metrics.kad import KadReference, kad
+
+    flat = generated.reshape(-1, generated.shape[-1])
+    mu, cov = reference["mu"], reference["cov"]
+    inf = fad_inf(mu, cov, flat, **fad_inf_params)
+    ref_kad = KadReference(
+        reference["embeddings"].reshape(-1, flat.shape[1]),
+        float(reference["kad_bandwidth"]),
+        float(reference["kad_self_kernel"]),
+    )
+    metrics = {
+        "fad": frechet_distance(mu, cov, *gaussian(flat)),
+        "fad_inf": inf.value,
+        "fad_inf_intercept": inf.intercept,
+        "fad_inf_slope": inf.slope,
+        "fad_inf_r2": inf.r2,
+        "fad_inf_n": [inf.ns[0], inf.ns[-1]],
+        "kad": kad(ref_kad, flat),
+        "kad_bandwidth": ref_kad.bandwidth,
+        "n_ref": int(ref_kad.embeddings.shape[0]),
+        "n_gen": int(flat.shape[0]),
+        "clips_ref": int(reference["embeddings"].shape[0]),
+        "clips_gen": int(generated.shape[0]),
+        "dim": int(flat.shape[1]),
+    }
+    per_clip = per_clip_fd(mu, cov, generated) if generated.shape[1] >= 2 else None
+    return metrics, per_clip
+
+
+def write_gallery_outputs(
+    params: dict,
+    all_params: dict,
+    metrics: dict,
+    table: pd.DataFrame,
+    audio_dir: Path,
+    generated_dir: Path,
+    gallery_dir: Path,
+    spectrograms_dir: Path,
+) -> None:
+    """The listening gallery of the first ``gallery_items`` clips and a few spectrogram plots."""
+    from musicgen.report.gallery import (
+        GalleryItem,
+        gallery_params,
+        write_gallery,
+        write_spectrogram_pairs,
+    )
+
+    rows = table if not params["gallery_items"] else table.head(params["gallery_items"])
+    score_cols = [c for c in table.columns if c not in ("id", "caption")]
+    items = [
+        GalleryItem(
+            row.id,
+            row.caption,
+            audio_dir / f"{row.id}.wav",
+            generated_dir / AUDIO / f"{row.id}.wav",
+            {c: float(getattr(row, c)) for c in score_cols},
+        )
+        for row in rows.itertuples(index=False)
+    ]
+    write_gallery(
+        gallery_dir,
+        metrics=metrics,
+        params=gallery_params(all_params),
+        items=items,
+    )
+    spectrograms_dir.mkdir(parents=True, exist_ok=True)
+    write_spectrogram_pairs(spectrograms_dir, items[: params["spectrogram_plots"]])
 
 
 def evaluate(
-    params: dict,
-    sample_rate: int,
+    all_params: dict,
     lm_dir: Path,
     tokens_dir: Path,
     text_dir: Path,
     split_dir: Path,
     audio_dir: Path,
     generated_dir: Path,
+    models_dir: Path,
+    reference_dir: Path,
     metrics_path: Path,
+    per_clip_path: Path,
+    gallery_dir: Path,
+    spectrograms_dir: Path,
 ) -> None:
-    """The evaluate stage: Fréchet distance of embeddings, per-codebook CE and perplexity."""
-    from musicgen.metrics.embedders import build_embedder, embed_clips
-    from musicgen.metrics.frechet import embedding_fd
+    """The evaluate stage.
+
+    Writes ``metrics_path``: per embedder ``fad_<name>``, ``fad_inf_<name>``, ``kad_<name>`` and,
+    under ``embedders.<name>``, its weights source, the sizes (``n_ref``/``n_gen`` embeddings,
+    ``clips_ref``/``clips_gen``) and the FAD∞ fit; ``clap_score`` (and ``clap_score_reference``, the
+    real clips' score); per-codebook CE and perplexity of the valid and test splits. Also the
+    per-clip table (id, caption, ``fd_<name>`` per multi-window embedder, ``clap``), the gallery
+    and spectrogram plots.
+    """
+    from musicgen.device import pick_device
+    from musicgen.metrics.clap import clap_scores
     from musicgen.train import validation_ce
 
+    params = all_params["evaluate"]
+    sample_rate = all_params["resample"]["sample_rate"]
+    E.check_embedders(params["embedders"])
+    device = pick_device(params["device"])
     gen_ids, _ = load_tokens(generated_dir / "tokens")
-    embedder = build_embedder(params["embedder"])
-    reference = embed_clips(embedder, load_clips(audio_dir, gen_ids, sample_rate), sample_rate)
-    generated = embed_clips(
-        embedder, load_clips(generated_dir / AUDIO, gen_ids, sample_rate), sample_rate
-    )
+    clips = load_clips(generated_dir / AUDIO, gen_ids, sample_rate)
+    if params["loudness_db"] is not None:
+        clips = loudness_normalised(clips, params["loudness_db"], params["peak_db"])
+    captions = pd.read_csv(reference_dir / CAPTIONS, dtype=str).set_index("id")["caption"]
+    missing = [i for i in gen_ids if i not in captions.index]
+    if missing:
+        raise ValueError(f"{generated_dir}: clips not in the reference (test) set: {missing[:5]}")
+    table = pd.DataFrame({"id": gen_ids, "caption": [captions[i] for i in gen_ids]})
+    summary = json.loads((reference_dir / REFERENCE_SUMMARY).read_text())
+    metrics: dict = {"fd_clips": len(gen_ids), "embedders": {}}
+    for name in params["embedders"]:
+        reference = load_npz(reference_dir / f"{name}.npz")
+        embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
+        generated = embedder.embed_clips(clips, sample_rate)  # (N, E, D)
+        scores, per_clip = score_embedder(reference, generated, params["fad_inf"])
+        weights = E.weights_source(name, models_dir)
+        if summary[name]["weights"] != weights:
+            raise ValueError(
+                f"{reference_dir}: reference stats of {name} made with {summary[name]['weights']}, "
+                f"but the eval model is {weights}: rerun reference_stats"
+            )
+        metrics.update({f"{k}_{name}": scores.pop(k) for k in ("fad", "fad_inf", "kad")})
+        metrics["embedders"][name] = {"embedder": name, "weights": weights, **scores}
+        if per_clip is not None:
+            table[f"fd_{name}"] = per_clip
+        if name == "clap":
+            ref_ids = list(reference["ids"])
+            text = reference["text_embeddings"][[ref_ids.index(i) for i in gen_ids]]
+            table["clap"] = clap_scores(generated[:, 0], text)
+            metrics["clap_score"] = float(table["clap"].mean())
+            metrics["clap_score_reference"] = summary["clap"]["clap_score"]
     model = load_lm(lm_dir)
-    metrics: dict = {
-        f"fd_{params['embedder']}": embedding_fd(reference, generated),
-        "fd_clips": len(gen_ids),
-        "fd_windows": int(len(reference)),
-    }
-    for name in ("valid", "test"):
-        data = CodesAndText(tokens_dir, text_dir, read_split(split_dir, name))
-        ce = validation_ce(model, data, params["batch_size"], torch.device("cpu"))
-        metrics[f"{name}_ce"] = float(ce.mean())
-        metrics[f"{name}_ppl"] = float(np.exp(ce.mean()))
+    for split in ("valid", "test"):
+        data = CodesAndText(tokens_dir, text_dir, read_split(split_dir, split))
+        ce = validation_ce(model.to(device), data, params["batch_size"], device)
+        metrics[f"{split}_ce"] = float(ce.mean())
+        metrics[f"{split}_ppl"] = float(np.exp(ce.mean()))
         for k, v in enumerate(ce):
-            metrics[f"{name}_ce_cb{k}"] = float(v)
-            metrics[f"{name}_ppl_cb{k}"] = float(np.exp(v))
+            metrics[f"{split}_ce_cb{k}"] = float(v)
+            metrics[f"{split}_ppl_cb{k}"] = float(np.exp(v))
+    with atomic_path(per_clip_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
     write_json(metrics_path, metrics)
+    write_gallery_outputs(
+        params,
+        all_params,
+        metrics,
+        table,
+        audio_dir,
+        generated_dir,
+        gallery_dir,
+        spectrograms_dir,
+    )
