@@ -9,6 +9,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
 
@@ -38,7 +40,28 @@ def test_every_stage_writes_its_outputs(repo):
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     codec = json.loads((repo / "metrics/tokens.json").read_text())
     assert {"val_ce", "val_ce_init", "train_token_entropy"} <= set(train)
-    assert evaluation["fd_mel"] > 0 and evaluation["fd_clips"] == 6
+    assert evaluation["fd_clips"] == 6
+    weights = {
+        "mel": "none (weight-free)",
+        "vggish": "random(seed=0)",
+        "clap": "tiny-random(seed=0)",
+    }
+    for name, source in weights.items():  # every number names its embedder, weights and n
+        assert evaluation[f"fad_{name}"] >= 0 and evaluation[f"fad_inf_{name}"] >= 0
+        assert np.isfinite(evaluation[f"kad_{name}"])
+        info = evaluation["embedders"][name]
+        assert info["embedder"] == name and info["weights"] == source
+        assert info["clips_gen"] == 6 and info["clips_ref"] == len(
+            (repo / "data/split/test.txt").read_text().split()
+        )
+        assert info["n_gen"] >= info["clips_gen"] and info["n_ref"] >= info["clips_ref"]
+    assert -1 <= evaluation["clap_score"] <= 1 and -1 <= evaluation["clap_score_reference"] <= 1
+    per_clip = pd.read_csv(repo / "reports/eval/per_clip.csv")
+    assert list(per_clip.columns) == ["id", "caption", "fd_mel", "fd_vggish", "clap"]
+    assert len(per_clip) == 6
+    assert per_clip["clap"].mean() == pytest.approx(evaluation["clap_score"], rel=1e-4)
+    assert (repo / "reports/gallery/index.html").is_file()
+    assert len(list((repo / "plots/spectrograms").glob("*.png"))) == 8  # 4 pairs
     assert {"valid_ce_cb0", "valid_ppl_cb3", "test_ce"} <= set(evaluation)
     assert codec["distinct_mean"] > 1  # the k-means fit made more than one code
     assert len(list((repo / "data/generated/audio").glob("*.wav"))) == 6
@@ -46,8 +69,11 @@ def test_every_stage_writes_its_outputs(repo):
 
 
 def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
+    reference = digest(repo / "data/reference")
     out = run(["dvc", "exp", "run", "-S", "train.lr=5.0e-3"], repo)
     assert ran_stages(out) == {"train", "generate", "evaluate"}
+    assert "reference_stats" not in ran_stages(out)  # the real side is embedded once
+    assert digest(repo / "data/reference") == reference
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
     assert "val_ce" in diff.get("metrics/train.json", {})
     status = run(["dvc", "status"], repo)
@@ -78,6 +104,8 @@ def test_repro_force_is_byte_identical(repo):
         "data/text",
         "data/models/codec",
         "data/models/text",
+        "data/models/eval",
+        "data/reference",
     ]
     before = {a: digest(repo / a) for a in artifacts}
     train_before = json.loads((repo / "metrics/train.json").read_text())
