@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from musicgen.lm import LM, KVCache, null_condition
+from musicgen.lm import LM, KVCache, masked_codebook_ce, null_condition
 from musicgen.patterns import Pattern
 
 
@@ -77,13 +77,20 @@ class StepDecoder:
         use_cache: bool = True,
         fast_kernel: bool = True,
         n_cond: int | None = None,
+        weights: str = "fp32",
     ):
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         self.cache: KVCache | None = None
         self.history: torch.Tensor | None = None
         if use_cache:
             self.cache = model.new_cache(
-                memory.shape[0], max_steps, memory.device, memory.dtype, fast_kernel, n_cond
+                memory.shape[0],
+                max_steps,
+                memory.device,
+                memory.dtype,
+                fast_kernel,
+                n_cond,
+                weights,
             )
 
     def __call__(self, steps: torch.Tensor) -> torch.Tensor:
@@ -93,6 +100,41 @@ class StepDecoder:
             steps = self.history
         h = self.model.hidden_steps(steps, self.memory, self.memory_mask, self.cache)
         return self.model.logits(h[:, -1:], self.cache)[:, :, 0]
+
+
+@torch.no_grad()
+def teacher_forced(
+    model: LM,
+    codes: torch.Tensor,
+    cond: torch.Tensor,
+    cond_mask: torch.Tensor,
+    weights: str = "fp32",
+    fast_kernel: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LM.forward`` through the decoding path: one cached chunk with weights stored as ``weights``.
+
+    What a model with ``bf16`` or ``int8`` weights (see :mod:`musicgen.kernels`) predicts for given
+    codes, to measure what the fewer bytes cost in cross-entropy.
+
+    Args:
+        codes: (B, K, T) codes.
+        cond: (B, L, text_dim) text states; cond_mask: (B, L) bool.
+
+    Returns:
+        logits (B, K, T, card) and (K,) cross-entropy per codebook, as ``LM.forward``.
+    """
+    model.eval()
+    pattern = model.pattern(codes.shape[2])
+    seq = pattern.build(codes, model.special)  # (B, K, S)
+    inputs = torch.cat([torch.full_like(seq[:, :, :1], model.special), seq[:, :, :-1]], dim=2)
+    memory, memory_mask = model.condition(cond, cond_mask)
+    cache = model.new_cache(
+        codes.shape[0], seq.shape[2], cond.device, memory.dtype, fast_kernel, weights=weights
+    )
+    steps = model.logits(model.hidden_steps(inputs, memory, memory_mask, cache), cache)
+    inv = pattern.inverse().to(codes.device)  # (K, T): the step of each (k, t)
+    logits = torch.stack([steps[:, k, inv[k]] for k in range(codes.shape[1])], dim=1)
+    return logits, masked_codebook_ce(logits, codes)
 
 
 def forced_steps(
@@ -133,6 +175,7 @@ def generate(
     prompt: torch.Tensor | None = None,
     use_cache: bool = True,
     fast_kernel: bool = True,
+    weights: str = "fp32",
 ) -> torch.Tensor:
     """Samples codes for a batch of conditions, optionally continuing a prompt.
 
@@ -151,8 +194,11 @@ def generate(
         generator: the torch RNG that makes sampling reproducible.
         prompt: (B, K, Tp) codes (e.g. of an audio prompt) that the output starts with, or None.
         use_cache: False recomputes the whole sequence at every step (slow; for testing).
-        fast_kernel: with the cache, run the step's projections through
-            :class:`musicgen.kernels.LinearKernel` (CPU float32, <= 4 rows; else ``F.linear``).
+        fast_kernel: with the cache, run each decoding step in numba
+            (:func:`musicgen.kernels.decoder_layer_step`; CPU float32 only, else torch).
+        weights: with the cache, how the linear weights are stored for decoding: ``fp32``,
+            ``bf16`` or ``int8`` (per-output-channel scales), see :mod:`musicgen.kernels`; sums
+            are float32 on every path. The text projection stays float32.
 
     Returns:
         codes (B, K, T) int64.
@@ -174,9 +220,8 @@ def generate(
         seq = torch.where(forced, prompt_seq, seq)
     open_steps = (valid & ~forced).any(dim=0).nonzero()
     first = int(open_steps[0]) if len(open_steps) else S  # steps before it are all prompt
-    decoder = StepDecoder(
-        model, memory, memory_mask, S, use_cache, fast_kernel, n_cond=B if guided else None
-    )
+    n_cond = B if guided else None
+    decoder = StepDecoder(model, memory, memory_mask, S, use_cache, fast_kernel, n_cond, weights)
     steps = torch.cat([torch.full_like(seq[:, :, :1], special), seq[:, :, :first]], dim=2)
     for s in range(first, S):
         logits = decoder(steps.repeat(2, 1, 1) if guided else steps)  # (B or 2B, K, card)

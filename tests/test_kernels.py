@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from musicgen.kernels import LinearKernel, _jitted, kernel_available
+from musicgen.generate import teacher_forced
+from musicgen.kernels import (
+    WEIGHT_TYPES,
+    LinearKernel,
+    dequantize,
+    kernel_available,
+    kernel_weight,
+    matmul,
+    quantize,
+)
 from musicgen.lm import LM, LMConfig, null_condition
 
 pytestmark = pytest.mark.skipif(not kernel_available(), reason="numba is not installed")
@@ -18,20 +27,51 @@ def tiny():
     return model
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
-def test_kernel_equals_matmul(rows):
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("weights", WEIGHT_TYPES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 33])
+def test_kernel_equals_matmul_with_the_stored_weight(rows, weights):
+    """Any row count (row blocks of 4, 2, 1; output tiles with a ragged end), any stored type."""
+    g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 70, generator=g), torch.randn(37, 70, generator=g)
-    out = np.empty((rows, 37), dtype=np.float32)
-    _jitted(x.numpy(), w.numpy(), out)
-    assert torch.allclose(torch.from_numpy(out), x @ w.T, atol=1e-4)
+    data, scale = quantize(w, weights)
+    out = matmul(x.numpy(), kernel_weight(data, scale))
+    assert torch.allclose(torch.from_numpy(out), x @ dequantize(data, scale).T, atol=1e-4)
 
 
-@torch.no_grad()
-@pytest.mark.parametrize("batch", [1, 3])  # 2 and 6 rows with guidance (6: two kernel blocks)
-def test_fused_step_equals_the_torch_step(batch):
-    """Cached steps through the numba layer step give the torch path's hidden states and logits."""
-    model = tiny()
+def test_quantize_rounding_bounds():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 300, generator=g) * torch.logspace(-3, 1, 16)[:, None]
+    w[3] = 0.0  # an all-zero channel
+    data, scale = quantize(w, "fp32")
+    assert data.data_ptr() == w.data_ptr() and torch.equal(scale, torch.ones(16))
+    data, _ = quantize(w, "bf16")
+    assert data.dtype == torch.bfloat16
+    assert torch.all((dequantize(data, scale) - w).abs() <= w.abs() * 2.0**-8)
+    data, scale = quantize(w, "int8")
+    assert data.dtype == torch.int8 and data.abs().max() == 127 and scale[3] == 1
+    assert torch.all((dequantize(data, scale) - w).abs() <= scale[:, None] / 2 + 1e-7)
+    bits = kernel_weight(*quantize(w, "bf16")).data
+    assert bits.dtype == np.uint16 and np.array_equal(
+        (bits.astype(np.uint32) << 16).view(np.float32), w.to(torch.bfloat16).float().numpy()
+    )
+    with pytest.raises(ValueError, match="unknown weight type 'fp8'"):
+        quantize(w, "fp8")
+
+
+def cached_steps(model, seq, memory, memory_mask, n_cond, fast_kernel, weights="fp32"):
+    """Hidden states of a 2-step prompt chunk then single steps through a cache, and the cache."""
+    cache = model.new_cache(
+        seq.shape[0], seq.shape[2], torch.device("cpu"), torch.float32, fast_kernel, n_cond, weights
+    )
+    steps = [model.hidden_steps(seq[:, :, :2], memory, memory_mask, cache)]
+    steps += [
+        model.hidden_steps(seq[:, :, s : s + 1], memory, memory_mask, cache)
+        for s in range(2, seq.shape[2])
+    ]
+    return torch.cat(steps, dim=1), cache
+
+
+def guided_inputs(model, batch):
     g = torch.Generator().manual_seed(1)
     cond = torch.randn(batch, 5, 16, generator=g)
     mask = torch.ones(batch, 5, dtype=torch.bool)
@@ -40,20 +80,17 @@ def test_fused_step_equals_the_torch_step(batch):
     null, null_mask = model.condition(*null_condition(cond, mask))
     memory, memory_mask = torch.cat([memory, null]), torch.cat([memory_mask, null_mask])
     seq = torch.randint(0, 65, (2 * batch, 4, 6), generator=g)
+    return seq, memory, memory_mask
 
-    def run(fast_kernel):
-        cache = model.new_cache(
-            2 * batch, 6, torch.device("cpu"), torch.float32, fast_kernel, batch
-        )
-        steps = [model.hidden_steps(seq[:, :, :2], memory, memory_mask, cache)]  # a prompt
-        steps += [
-            model.hidden_steps(seq[:, :, s : s + 1], memory, memory_mask, cache)
-            for s in range(2, 6)
-        ]
-        return torch.cat(steps, dim=1), cache
 
-    fused, cache = run(True)
-    reference, torch_cache = run(False)
+@torch.no_grad()
+@pytest.mark.parametrize("batch", [1, 3, 8])  # 2, 6 and 16 rows with guidance
+def test_fused_step_equals_the_torch_step(batch):
+    """Cached steps through the numba layer step give the torch path's hidden states and logits."""
+    model = tiny()
+    seq, memory, memory_mask = guided_inputs(model, batch)
+    fused, cache = cached_steps(model, seq, memory, memory_mask, batch, True)
+    reference, torch_cache = cached_steps(model, seq, memory, memory_mask, batch, False)
     assert cache.fused_steps == 4 * len(model.layers) and torch_cache.fused_steps == 0
     assert torch.allclose(fused, reference, atol=1e-4)
     assert torch.allclose(model.logits(fused), model.logits(reference), atol=1e-4)
@@ -61,6 +98,75 @@ def test_fused_step_equals_the_torch_step(batch):
         assert torch.allclose(k, k_ref, atol=1e-4)
     full = model.hidden_steps(seq, memory, memory_mask)  # no cache at all
     assert torch.allclose(fused, full, atol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_stored_weights_give_the_same_result_in_numba_and_torch(weights):
+    """bf16 / int8: the fused numba step equals torch on the stored weights' float values."""
+    model = tiny()
+    seq, memory, memory_mask = guided_inputs(model, 2)
+    fused, cache = cached_steps(model, seq, memory, memory_mask, 2, True, weights)
+    reference, torch_cache = cached_steps(model, seq, memory, memory_mask, 2, False, weights)
+    assert cache.fused_steps == 4 * len(model.layers) and torch_cache.fused_steps == 0
+    assert torch.allclose(fused, reference, atol=1e-4)
+    assert torch.allclose(
+        model.logits(fused, cache), model.logits(reference, torch_cache), atol=1e-4
+    )
+    exact, _ = cached_steps(model, seq, memory, memory_mask, 2, True)
+    assert not torch.allclose(fused, exact, atol=1e-6)  # the weights really are stored otherwise
+
+
+def trained_tiny():
+    """A tiny LM trained for a few hundred steps to predict a noisy periodic code sequence.
+
+    Returns the model and held-out (codes, cond, mask) from the same process.
+    """
+    torch.manual_seed(0)
+    model = LM(LMConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, card=64, text_dim=16))
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        start = torch.randint(0, 64, (n, 4, 1), generator=g)
+        codes = (start + 3 * torch.arange(12)) % 64  # (n, K, T): each codebook steps by 3
+        noise = torch.rand(codes.shape, generator=g) < 0.1
+        codes = torch.where(noise, torch.randint(0, 64, codes.shape, generator=g), codes)
+        return codes, torch.randn(n, 5, 16, generator=g), torch.ones(n, 5, dtype=torch.bool)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: thread start-up would cost more than the ops
+    try:
+        for _ in range(150):
+            _, ce = model(*batch(16))
+            ce.mean().backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), batch(32)
+
+
+def test_bf16_and_int8_logit_error_and_held_out_ce():
+    """Fewer bytes, bounded change: logits and held-out CE of a trained tiny model vs fp32.
+
+    Run with ``-s`` to see the CE of each weight type.
+    """
+    model, held_out = trained_tiny()
+    with torch.no_grad():
+        _, reference_ce = model(*held_out)
+    logits32, ce32 = teacher_forced(model, *held_out, weights="fp32")
+    assert ce32.mean() < 2.5 < np.log(64)  # the model did learn (log 64 = 4.16 nats)
+    assert torch.allclose(ce32, reference_ce, atol=1e-4)  # the decoding path, fp32: same CE
+    spread = logits32.std()
+    for weights, logit_bound, ce_bound in (("bf16", 0.02, 0.01), ("int8", 0.05, 0.03)):
+        logits, ce = teacher_forced(model, *held_out, weights=weights)
+        error = (logits - logits32).abs().max() / spread
+        change = float(ce.mean() - ce32.mean())
+        print(f"{weights}: max logit error {error:.4f} of the logit std, CE change {change:+.5f}")
+        assert error < logit_bound and abs(change) < ce_bound
+        torch_logits, _ = teacher_forced(model, *held_out, weights=weights, fast_kernel=False)
+        assert torch.allclose(logits, torch_logits, atol=1e-4)
 
 
 @torch.no_grad()
@@ -74,6 +180,8 @@ def test_fused_step_is_not_used_with_autograd_or_in_training():
     assert cache.fused_steps == 0
     model.hidden_steps(seq, memory, memory_mask, cache)
     assert cache.fused_steps == len(model.layers)
-    assert LinearKernel.handles(torch.zeros(1)) and not LinearKernel.handles(
-        torch.zeros(1).double()
-    )
+    kernel = LinearKernel(model)
+    assert kernel.handles(torch.zeros(1)) and not kernel.handles(torch.zeros(1).double())
+    assert not LinearKernel(model, use_numba=False).handles(torch.zeros(1))
+    with pytest.raises(ValueError, match="unknown weight type"):
+        LinearKernel(model, "fp16")
