@@ -83,8 +83,8 @@ def sinusoidal_positions(
 class KVCache:
     """Self-attention keys and values for each layer, preallocated to ``max_len`` steps.
 
-    ``kernel``, if given, runs the step's projections (:class:`musicgen.kernels.LinearKernel`: a
-    few rows times each weight, read once; ~2x BLAS for 2 rows on CPU). ``n_cond``, if given, says
+    ``kernel``, if given, runs the step's projections (:class:`musicgen.kernels.LinearKernel`: all
+    rows times each weight, read once, in the weights' stored type). ``n_cond``, if given, says
     that only the first ``n_cond`` rows have a text condition and the others are null conditions
     (classifier-free guidance): their cross-attention output is exactly zero (all-zero memory, see
     ``LM.condition``), so it is not computed.
@@ -206,7 +206,7 @@ class Block(nn.Module):
         a = self.cross_attn
         rows = memory.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
         memory = memory[:rows]
-        k, v = (a.heads(p(memory)).contiguous() for p in (a.k_proj, a.v_proj))
+        k, v = (a.heads(project(p, memory, cache)).contiguous() for p in (a.k_proj, a.v_proj))
         mask = memory_mask[:rows, None, None, :]
         if cache is not None:
             cache.cross.append((k, v))
@@ -508,15 +508,20 @@ class LM(nn.Module):
         dtype: torch.dtype,
         fast_kernel: bool = False,
         n_cond: int | None = None,
+        weights: str = "fp32",
     ) -> KVCache:
         """A cache for ``batch`` rows and ``max_len`` steps (see :class:`KVCache`).
 
-        ``fast_kernel`` adds a :class:`LinearKernel`; ``n_cond`` rows have a text condition, the
-        rest are null conditions (None: all rows have one).
+        ``fast_kernel`` adds a :class:`LinearKernel` that runs the numba kernels; ``weights``
+        (``fp32 | bf16 | int8``) is how it stores the linear weights (``bf16`` or ``int8`` without
+        ``fast_kernel``: torch multiplies by their float value). ``n_cond`` rows have a text
+        condition, the rest are null conditions (None: all rows have one).
         """
         cfg = self.cfg
         head_dim = cfg.d_model // cfg.n_heads
-        kernel = LinearKernel(self) if fast_kernel else None
+        kernel = None
+        if fast_kernel or weights != "fp32":
+            kernel = LinearKernel(self, weights, use_numba=fast_kernel)
         return KVCache(
             cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
         )
