@@ -15,12 +15,14 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -212,6 +214,8 @@ def distributed(device_name: str):
     else:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if rank > 0:  # rank 0 alone logs progress; the others only warnings and errors
+        logging.getLogger("musicgen").setLevel(logging.WARNING)
     owner = not dist.is_initialized()
     if owner:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -228,6 +232,32 @@ def all_mean(x: torch.Tensor, ranks: Ranks) -> torch.Tensor:
         dist.all_reduce(x)
         x /= ranks.world
     return x
+
+
+def torchrun_command(
+    train_params: dict, argv: list[str], env: dict[str, str] | None = None
+) -> list[str] | None:
+    """The command that reruns ``argv`` (a Python script and its arguments) under torchrun, or
+    None when one process is asked for or this already is a torchrun rank.
+
+    One node: ``--standalone`` (a free local port). Several: c10d rendezvous at
+    ``train.rdzv_endpoint``; every node runs the same command. Any other torchrun option can be
+    given by its environment variable (``PET_RDZV_ID``, ``PET_MAX_RESTARTS``, ...).
+    """
+    env = os.environ if env is None else env
+    nproc = int(train_params.get("nproc_per_node", 1))
+    nnodes = int(train_params.get("nnodes", 1))
+    if (nproc == 1 and nnodes == 1) or "WORLD_SIZE" in env or "LOCAL_RANK" in env:
+        return None
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1:
+        cmd.append("--standalone")
+    else:
+        endpoint = train_params.get("rdzv_endpoint") or ""
+        if not endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port)")
+        cmd += [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}"]
+    return cmd + list(argv)
 
 
 @torch.no_grad()
@@ -455,8 +485,21 @@ LIVE_NAMES = {  # history key -> dvclive metric name
 def open_live(live_dir: Path, history: list[dict]):
     """A dvclive logger in ``live_dir`` (emptied), with ``history`` (a resumed run's) replayed."""
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    class StageLive(Live):
+        """dvclive inside a stage: its git integration is optional. dvclive 3.x reads HEAD before
+        it checks that the repository has a commit, and fails in a fresh ``git init``; the curves
+        need no git, so that is logged, not raised."""
+
+        def _init_dvc(self) -> None:
+            self._dvc_file = None
+            try:
+                super()._init_dvc()
+            except SCMError as err:
+                log.info("dvclive without its git integration: %s", err)
+
+    live = StageLive(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
     for record in history:
         log_live(live, record)
     return live
@@ -471,6 +514,18 @@ def log_live(live, record: dict) -> None:
     for k, ce in enumerate(record.get("train_ce", [])):
         live.log_metric(f"train/ce_cb{k}", ce)
     live.next_step()
+
+
+def read_live_curves(live_dir: Path) -> pd.DataFrame:
+    """dvclive's per-step curves in ``live_dir`` as one table: ``step`` and a column per metric
+    (``train/loss``, ``val/ce``, ...; NaN at steps where one was not logged)."""
+    root = Path(live_dir) / "plots" / "metrics"
+    table = pd.DataFrame({"step": pd.Series(dtype=np.int64)})
+    for tsv in sorted(root.rglob("*.tsv")):
+        name = tsv.relative_to(root).with_suffix("").as_posix()
+        curve = pd.read_csv(tsv, sep="\t")[["step", tsv.stem]].rename(columns={tsv.stem: name})
+        table = table.merge(curve, on="step", how="outer")
+    return table.sort_values("step", ignore_index=True)
 
 
 def train(

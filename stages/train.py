@@ -24,6 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    if training.relaunched_under_torchrun(params["train"]):
+        return  # train.nproc_per_node / nnodes > 1: the ranks ran this script under torchrun
     training.train(
         params["lm"],
         params["train"],

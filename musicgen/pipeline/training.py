@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from musicgen.data.store import CodesAndText, save_table
+from musicgen.data.store import CodesAndText
 from musicgen.finetune import CodecSpec, InitCheckpoint
 from musicgen.io import atomic_path, content_hash
 from musicgen.lm import LM, LMConfig, save_lm
@@ -141,6 +142,25 @@ def local_device(device_name: str) -> torch.device:
     return device
 
 
+def relaunched_under_torchrun(train_params: dict) -> bool:
+    """Runs this very command under torchrun when ``train.nproc_per_node`` or ``train.nnodes``
+    asks for more than one process and this is a plain process; True once all ranks finished.
+
+    So ``dvc repro`` scales out with no other change. Inside torchrun (``WORLD_SIZE`` set) it
+    returns False and the stage trains as one of the ranks.
+    """
+    from musicgen import train as TR
+
+    cmd = TR.torchrun_command(train_params, sys.argv)
+    if cmd is None:
+        return False
+    log.info("relaunching under torchrun: %s", " ".join(cmd))
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SystemExit(f"torchrun exited with code {code}")
+    return True
+
+
 def train(
     lm_params: dict,
     train_params: dict,
@@ -199,7 +219,9 @@ def train(
     if TR.is_main_process():
         report_restart(ckpt_dir, run_hash, parts)
     started = time.perf_counter()
-    result = TR.train(model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress)
+    result = TR.train(model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress, plots_dir)
+    if not TR.is_main_process():
+        return  # under torchrun, rank 0 alone writes the outputs
     log.info("trained %d steps in %.1f s", cfg.steps, time.perf_counter() - started)
     save_lm(out_dir, result["ema"], lm_cfg)
     model.load_state_dict(result["ema"])
@@ -222,15 +244,4 @@ def train(
             * lm_cfg.n_codebooks,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
-    )
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    rows = [h for h in history if "train_loss" in h]
-    save_table(
-        plots_dir / "loss.csv", pd.DataFrame(rows)[["step", "train_loss", "lr", "grad_norm"]]
-    )
-    save_table(
-        plots_dir / "val_ce.csv",
-        pd.DataFrame(
-            [{"step": h["step"], "val_ce": h["val_ce"]} for h in history if "val_ce" in h]
-        ),
     )
