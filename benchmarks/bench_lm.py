@@ -1,42 +1,62 @@
-"""Our LM vs. Hugging Face's ``MusicgenForCausalLM``: generation steps/s and training tokens/s.
+"""Generation speed of our LM vs. Hugging Face's ``MusicgenForCausalLM``, and this machine's floor.
 
-Both run in this process, on the CPU, in float32, with the same weights: a random Hugging Face
-decoder is built from the preset's sizes, saved with ``save_pretrained`` and converted with
+Both run in this process with the same weights: a random Hugging Face decoder is built from the
+preset's sizes, saved with ``save_pretrained`` and converted with
 :func:`musicgen.convert.convert_hf`. Conditioning is the same random text states (already in the
 decoder's width, so the converted ``text_proj`` is the identity) with a padding mask.
 
 Generation: classifier-free guidance 3.0 (conditional and null rows in one batch on both sides),
 top-k 250, temperature 1.0, ``frames`` codec frames (+3 steps of the delay pattern). Hugging Face is
 called with what transformers 5.x needs to be correct (explicit encoder-decoder cache, all-ones
-decoder mask, a GenerationConfig with the special ids, encoder states doubled as [cond; zeros]).
+decoder mask, a GenerationConfig with the special ids, encoder states doubled as [cond; zeros]), in
+float32 always; ours with its weights stored as each of ``--weights`` (``musicgen.kernels``).
+Our and Hugging Face's runs alternate (one warm-up each, then ``--repeats`` rounds); each figure is
+the fastest round, which is the least disturbed one on a shared machine.
 
-Training: one step is forward + backward + AdamW on a batch of codes (B, K, T) through the delay
-pattern; tokens/s counts B * K * T codec tokens. Hugging Face gets the same delayed sequence and
-labels (its loss: mean over codebooks of the cross-entropy over non-pad labels).
+The floor. Before the cases the script measures, on this machine and with ``--threads`` threads:
+the read bandwidth (a sum over a 512 MB array) and the GEMM rate at each case's row count (the
+faster of BLAS and our kernel on (rows x 1024) @ (1024 x 4096) with the weight in cache, and of a
+2048^3 sgemm). A step's floor is the larger of its bytes (every linear weight in its stored type,
+plus the KV cache it reads, on average over the run) over the bandwidth and its FLOPs over that
+rate. Each case prints the floor and our and Hugging Face's distance to it (time / floor).
 
-Each figure is the best of ``--repeats`` timed runs after one warm-up.
+Quality of fewer bytes: for each ``--weights`` other than fp32, the greedy tokens (batch 1) are
+compared with fp32's over the whole run. Held-out cross-entropy of a trained model with each type:
+``tests/test_kernels.py::test_bf16_and_int8_logit_error_and_held_out_ce``.
+
+On CUDA (when present, or ``--device cuda``) both run on the GPU and Hugging Face is given its
+fastest documented settings (static cache and ``torch.compile``); this path is untested here (no GPU
+on the project's machine). Training speed: ``benchmarks/bench_train.py``.
 
 Usage:
-    python benchmarks/bench_lm.py                       # the README's figures
-    python benchmarks/bench_lm.py --gen-presets seed1 --batches 1 --train-presets tiny
+    OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py                # the README's figures
+    OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py --presets seed1 --batches 1 4 16 \\
+        --weights fp32 bf16                                          # the quick subset, ~5 min
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig, MusicgenDecoderConfig, MusicgenForCausalLM
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from musicgen.convert import convert_hf
 from musicgen.generate import SamplingConfig, generate
+from musicgen.kernels import WEIGHT_TYPES, kernel_weight, matmul, quantize
 from musicgen.lm import LM, PRESETS, load_lm
 
 K, CARD, TEXT_LEN = 4, 2048, 24
+BYTES = {"fp32": 4, "bf16": 2, "int8": 1}  # per stored weight element
 
 
 def build_pair(preset: str, tmp: Path) -> tuple[MusicgenForCausalLM, LM]:
@@ -73,15 +93,97 @@ def conditioning(batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return states, mask
 
 
-def best_time(fn, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
+def machine(device: torch.device, threads: int) -> str:
+    """The GPU's name, or the CPU's model, its vector instruction sets and the thread count."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == platform.machine():
+                model = value.strip()
+            if key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "asimd", "sve")
+    isa = " ".join(f for f in wanted if f in flags) or "?"
+    return f"CPU {model} ({platform.machine()}; {isa}), {threads} thread(s), {os.cpu_count()} cores"
+
+
+def fastest(fn, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn``."""
+    best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass
+class Machine:
+    """What this machine reaches, measured in this run."""
+
+    bandwidth: float  # bytes/s, reading a large array
+    gemm: dict[int, float]  # rows -> FLOP/s of (rows x 1024) @ (1024 x 4096) (or sgemm, if more)
+
+
+def measure_machine(rows: list[int], repeats: int = 5) -> Machine:
+    """Read bandwidth and GEMM rates with torch's current thread count (see :class:`Machine`)."""
+    big = torch.ones(128 * 2**20)  # 512 MB
+    bandwidth = big.numel() * 4 / fastest(big.sum, repeats)
+    big = None
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    sgemm = 2 * n**3 / fastest(lambda: a @ b, repeats)
+    w = torch.randn(4096, 1024)
+    stored = kernel_weight(*quantize(w, "fp32"))
+    gemm = {}
+    for r in rows:
+        x = torch.randn(r, 1024)
+        flops = 2 * r * 1024 * 4096
+        blas = flops / fastest(lambda x=x: F.linear(x, w), 10 * repeats)
+        matmul(x.numpy(), stored)  # compile
+        ours = flops / fastest(lambda x=x: matmul(x.numpy(), stored), 10 * repeats)
+        gemm[r] = max(blas, ours, sgemm)
+        print(
+            f"  GEMM ({r:3d} x 1024) @ (1024 x 4096), weight in cache: BLAS {blas / 1e9:5.1f}, "
+            f"ours {ours / 1e9:5.1f} GFLOP/s",
+            flush=True,
+        )
+    print(
+        f"  read bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 512 MB), "
+        f"sgemm 2048^3 {sgemm / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
+    return Machine(bandwidth, gemm)
+
+
+def step_cost(model: LM, batch: int, n_steps: int, weights: str) -> tuple[float, float]:
+    """Bytes read and FLOPs of an average decoding step with guidance (2 * batch rows).
+
+    Bytes: every linear weight of the layers and heads in its stored type, plus the self-attention
+    KV cache at the run's mean length and the text keys and values (float32). FLOPs: 2 per
+    multiply-add of the projections (cross-attention only for the conditioned rows), the heads and
+    the attention scores and sums.
+    """
+    c = model.cfg
+    D, Fd, L = c.d_model, c.ffn_dim, c.n_layers
+    rows, length = 2 * batch, (n_steps + 1) / 2
+    self_params, cross_params, head_params = 4 * D * D + 2 * D * Fd, 2 * D * D, K * c.card * D
+    weight_bytes = (L * (self_params + cross_params) + head_params) * BYTES[weights]
+    cache_bytes = 4 * L * 2 * D * (rows * length + batch * TEXT_LEN)
+    flops = 2 * (L * (rows * self_params + batch * cross_params) + rows * head_params)
+    flops += 2 * L * 2 * D * (rows * length + batch * TEXT_LEN)
+    return weight_bytes + cache_bytes, flops
+
+
+def step_floor(model: LM, batch: int, n_steps: int, weights: str, m: Machine) -> float:
+    """Seconds: the larger of the step's bytes / bandwidth and its FLOPs / GEMM rate."""
+    bytes_read, flops = step_cost(model, batch, n_steps, weights)
+    return max(bytes_read / m.bandwidth, flops / m.gemm[2 * batch])
 
 
 @torch.no_grad()
@@ -100,110 +202,133 @@ def hf_generate(hf: MusicgenForCausalLM, states, mask, n_steps: int, cfg_coef: f
         guidance_scale=cfg_coef,
         use_cache=True,
     )
+    device = states.device
+    extra = {}
+    if device.type == "cuda":  # Hugging Face's fastest documented settings (untested here)
+        config.cache_implementation = "static"
+    else:
+        extra["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
     return hf.generate(
-        torch.full((batch * K, 1), CARD),
+        torch.full((batch * K, 1), CARD, device=device),
         generation_config=config,
-        attention_mask=torch.ones(batch * K, 1, dtype=torch.long),
+        attention_mask=torch.ones(batch * K, 1, dtype=torch.long, device=device),
         encoder_hidden_states=torch.cat([states, torch.zeros_like(states)]),
         encoder_attention_mask=torch.cat([mask, torch.zeros_like(mask)]),
-        cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+        **extra,
     )
 
 
-def bench_generation(preset: str, batches: list[int], frames: int, repeats: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        hf, ours = build_pair(preset, Path(tmp))
-    for batch in batches:
-        t_ours, t_hf, n_steps = time_generation(hf, ours, batch, frames, repeats)
-        print(
-            f"generate {preset:6s} batch {batch}  cfg 3.0  {n_steps} steps: "
-            f"ours {n_steps / t_ours:7.2f} steps/s ({1000 * t_ours / n_steps:6.1f} ms/step)  "
-            f"HF {n_steps / t_hf:7.2f} steps/s ({1000 * t_hf / n_steps:6.1f} ms/step)  "
-            f"ratio {t_hf / t_ours:5.2f}x",
-            flush=True,
-        )
+def synchronized(fn, device: torch.device):
+    """``fn`` followed by a CUDA synchronisation on a GPU (so that timings include the work)."""
+
+    def run():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
 
 
-def time_generation(
-    hf: MusicgenForCausalLM, ours: LM, batch: int, frames: int, repeats: int
-) -> tuple[float, float, int]:
-    """Seconds of our and Hugging Face's generation of ``frames`` frames, and the step count."""
-    n_steps = ours.pattern(frames).n_steps
+def time_batch(
+    hf: MusicgenForCausalLM, ours: LM, batch: int, weights: list[str], args
+) -> dict[str, float]:
+    """The fastest seconds of a whole generation of ours with each stored type and of HF's.
+
+    Runs alternate: one warm-up round (it also compiles), then ``args.repeats`` timed rounds.
+    """
+    device = torch.device(args.device)
+    n_steps = ours.pattern(args.frames).n_steps
     sampling = SamplingConfig(cfg_coef=3.0, top_k=250, temperature=1.0)
     states, mask = conditioning(batch, ours.cfg.d_model)
-    gen = torch.Generator().manual_seed(0)
+    states, mask = states.to(device), mask.to(device)
+    gen = torch.Generator(device).manual_seed(0)
 
-    def run_ours():
-        generate(ours, states, mask.bool(), frames, sampling, gen)
+    def ours_run(w):
+        return lambda: generate(ours, states, mask.bool(), args.frames, sampling, gen, weights=w)
 
-    def run_hf():
-        hf_generate(hf, states, mask, n_steps, sampling.cfg_coef, sampling.top_k)
+    runs = {w: synchronized(ours_run(w), device) for w in weights}
+    runs["HF"] = synchronized(
+        lambda: hf_generate(hf, states, mask, n_steps, sampling.cfg_coef, sampling.top_k), device
+    )
+    best = dict.fromkeys(runs, float("inf"))
+    for round_ in range(1 + args.repeats):
+        for name, run in runs.items():
+            seconds = fastest(run, 1)
+            if round_:
+                best[name] = min(best[name], seconds)
+    return best
 
-    t_hf = best_time(run_hf, repeats)
-    return best_time(run_ours, repeats), t_hf, n_steps
 
-
-def bench_training(preset: str, batch: int, frames: int, repeats: int) -> None:
+def bench_generation(
+    preset: str, batches: list[int], weights: list[str], args, m: Machine | None
+) -> None:
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(preset, Path(tmp))
-    hf.train()
-    ours.train()
-    gen = torch.Generator().manual_seed(2)
-    codes = torch.randint(0, CARD, (batch, K, frames), generator=gen)  # (B, K, T)
-    states, mask = conditioning(batch, ours.cfg.d_model)
-    pattern = ours.pattern(frames)
-    seq = pattern.build(codes, CARD)  # (B, K, S) with the special id at invalid positions
-    start = torch.full((batch, K, 1), CARD)
-    hf_inputs = torch.cat([start, seq[:, :, :-1]], dim=2).reshape(batch * K, -1)  # (B*K, S)
-    hf_labels = seq.transpose(1, 2)  # (B, S, K); the special (= pad) id is ignored
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    hf, ours = hf.to(device), ours.to(device)
+    if device.type == "cuda":
+        hf.forward = torch.compile(hf.forward, mode="reduce-overhead")
+    n_steps = ours.pattern(args.frames).n_steps
+    for batch in batches:
+        best = time_batch(hf, ours, batch, weights, args)
+        hf_ms = 1000 * best["HF"] / n_steps
+        for w in weights:
+            ms = 1000 * best[w] / n_steps
+            line = (
+                f"generate {preset:6s} batch {batch:2d} {w:4s}: ours {ms:7.1f} ms/step, "
+                f"HF fp32 {hf_ms:7.1f} ms/step, ratio {hf_ms / ms:5.2f}x"
+            )
+            if m is not None:
+                floor = 1000 * step_floor(ours, batch, n_steps, w, m)
+                line += f" | floor {floor:6.1f} ms: ours {ms / floor:4.2f}x"
+                if w == "fp32":
+                    line += f", HF {hf_ms / floor:4.2f}x"
+            print(line, flush=True)
+    if device.type == "cpu":
+        greedy_agreement(ours, weights, args.frames)
 
-    def step_hf():
-        out = hf(
-            input_ids=hf_inputs,
-            encoder_hidden_states=states,
-            encoder_attention_mask=mask,
-            labels=hf_labels,
-            use_cache=False,
-        )
-        out.loss.backward()
-        opt_hf.step()
-        opt_hf.zero_grad(set_to_none=True)
 
-    def step_ours():
-        _, ce = ours(codes, states, mask.bool())
-        ce.mean().backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-
-    t_hf, t_ours = best_time(step_hf, repeats), best_time(step_ours, repeats)
-    tokens = batch * K * frames
-    print(
-        f"train    {preset:6s} batch {batch}  {frames} frames: "
-        f"ours {tokens / t_ours:8.0f} tokens/s  HF {tokens / t_hf:8.0f} tokens/s  "
-        f"ratio {t_hf / t_ours:5.2f}x",
-        flush=True,
-    )
+@torch.no_grad()
+def greedy_agreement(model: LM, weights: list[str], frames: int) -> None:
+    """The share of greedy tokens (batch 1, guidance 3.0) that each stored type shares with fp32."""
+    states, mask = conditioning(1, model.cfg.d_model)
+    greedy = SamplingConfig(cfg_coef=3.0, temperature=0)
+    reference = generate(model, states, mask.bool(), frames, greedy)
+    for w in weights:
+        if w != "fp32":
+            codes = generate(model, states, mask.bool(), frames, greedy, weights=w)
+            agree = (codes == reference).double().mean().item()
+            first = (codes != reference).any(dim=1)[0].nonzero()
+            diverge = int(first[0]) if len(first) else frames
+            print(
+                f"  greedy {w} vs fp32: {100 * agree:5.1f}% of {reference.numel()} tokens equal, "
+                f"first difference at frame {diverge}",
+                flush=True,
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gen-presets", nargs="*", default=["seed1", "small"])
-    parser.add_argument("--batches", nargs="*", type=int, default=[1, 4])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", "--gen-presets", nargs="*", default=["seed1", "small"])
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 4, 16])
+    parser.add_argument("--weights", nargs="*", default=list(WEIGHT_TYPES), choices=WEIGHT_TYPES)
     parser.add_argument("--frames", type=int, default=100, help="codec frames (50 per second)")
-    parser.add_argument("--train-presets", nargs="*", default=["tiny", "seed1"])
-    parser.add_argument("--train-batch", type=int, default=4)
-    parser.add_argument("--train-frames", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after a warm-up")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-floor", action="store_true", help="skip measuring the machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, CPU", flush=True)
-    for preset in args.gen_presets:
-        bench_generation(preset, args.batches, args.frames, args.repeats)
-    for preset in args.train_presets:
-        bench_training(preset, args.train_batch, args.train_frames, args.repeats)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, numpy {np.__version__}", flush=True)
+    print(machine(device, args.threads), flush=True)
+    m = None
+    if device.type == "cpu" and not args.no_floor:
+        m = measure_machine(sorted({2 * b for b in args.batches}))
+    for preset in args.presets:
+        bench_generation(preset, args.batches, args.weights, args, m)
 
 
 if __name__ == "__main__":
