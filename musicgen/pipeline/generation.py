@@ -58,7 +58,9 @@ def generate(
         b = data.batch(np.arange(i, min(i + bs, len(data))))
         cond, cond_mask = b.cond.to(device), b.cond_mask.to(device)
         with autocast(device, dtype):
-            out = generate(model, cond, cond_mask, n_frames, sampling, generator)  # (b, K, T)
+            out = generate(  # (b, K, T)
+                model, cond, cond_mask, n_frames, sampling, generator, weights=params["weights"]
+            )
         audio = C.decode(codec, out, dtype=dtype).numpy()  # (b, T * hop)
         out = out.cpu()
         for ytid, clip in zip(test_ids[i : i + bs], audio, strict=True):
