@@ -114,7 +114,9 @@ def resolve_init(init_from: str, cache_dir: Path) -> InitCheckpoint:
     elif path.is_dir() and hf_model_type(path) in (CONDITIONAL, CAUSAL):
         lm_dir = cache_dir / f"hf-{content_hash([path])[:16]}"
         convert_once(str(path.resolve()), lm_dir)
-    elif path.exists() or init_from.startswith((".", "/", "~")):
+    elif not path.exists() and init_from.startswith((".", "/", "~")):
+        raise IncompatibleCheckpoint(f"train.init_from {init_from!r}: no such directory")
+    elif path.exists():
         raise IncompatibleCheckpoint(
             f"train.init_from {init_from!r} is neither an LM directory (config.json + "
             "model.safetensors, as `musicgen convert-hf` writes) nor a Hugging Face MusicGen "
@@ -158,8 +160,13 @@ def convert_once(src: str, dst: Path) -> None:
         log.info("init_from %s: converting to %s", src, dst)
         convert_hf(src, tmp)
         (tmp / SOURCE).write_text(json.dumps({"init_from": src, "codec": codec}, indent=2) + "\n")
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
+        if dst.exists() and not is_lm_dir(dst):
+            shutil.rmtree(dst)
+        try:
+            os.replace(tmp, dst)
+        except OSError:  # another rank of a torchrun launch converted it first
+            if not is_lm_dir(dst):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -194,7 +201,7 @@ def check_compatible(
     if init.codec is not None:
         for name, unit in (("sampling_rate", "Hz"), ("hop_length", "samples per frame")):
             theirs, ours = getattr(init.codec, name), getattr(codec, name)
-            if ours is not None and theirs != ours:
+            if theirs != ours:
                 problems.append(f"codec {name} {theirs} {unit} but the codec has {ours}")
     if cfg.pattern != lm_params["pattern"]:
         problems.append(f"pattern '{cfg.pattern}' but lm.pattern is '{lm_params['pattern']}'")

@@ -26,7 +26,7 @@ from transformers import (
 from musicgen import finetune as F
 from musicgen.convert import convert_hf
 from musicgen.data.store import CodesAndText, save_text, save_tokens
-from musicgen.lm import load_lm
+from musicgen.lm import LMConfig, load_lm
 from musicgen.pipeline import training
 from musicgen.train import validation_ce
 
@@ -158,26 +158,33 @@ def test_a_converted_checkpoint_is_used_in_place_and_a_conversion_is_cached(inpu
 
 
 @pytest.mark.parametrize(
-    "hf_kw, lm_kw, message",
+    "changes, message",
     [
-        ({"card": 64}, {}, "card 64 but the codec has 32"),
-        ({"n_codebooks": 2}, {}, "2 codebooks but the tokens have 4"),
-        ({"text_dim": 12}, {}, "text width 12 but the text states are 8 wide"),
-        ({"upsampling_ratios": [8, 5, 4, 2]}, {}, "hop_length 320 samples per frame"),
-        ({"sampling_rate": 24000}, {}, "sampling_rate 24000 Hz but the codec has 32000"),
-        ({}, {"pattern": "parallel"}, "pattern 'delay' but lm.pattern is 'parallel'"),
-        ({}, {"delays": [0, 2, 4, 6]}, "delays [0, 1, 2, 3] but lm.delays is [0, 2, 4, 6]"),
+        ({"card": 64}, "card 64 but the codec has 32"),
+        ({"n_codebooks": 2}, "2 codebooks but the tokens have 4"),
+        ({"text_dim": 12}, "text width 12 but the text states are 8 wide"),
+        ({"pattern": "parallel"}, "pattern 'parallel' but lm.pattern is 'delay'"),
+        ({"delays": [0, 2, 4, 6]}, "delays [0, 2, 4, 6] but lm.delays is [0, 1, 2, 3]"),
+        ({"hop": 320}, "codec hop_length 320 samples per frame but the codec has 640"),
+        ({"rate": 24000}, "codec sampling_rate 24000 Hz but the codec has 32000"),
     ],
 )
-def test_a_checkpoint_that_does_not_fit_is_refused_with_the_reason(
-    inputs, monkeypatch, hf_kw, lm_kw, message
-):
-    hf = save_hf_musicgen(inputs["root"] / "hf", **hf_kw)
-    monkeypatch.setattr(training, "lm_config", lambda *a: pytest.fail("built the preset"))
-    monkeypatch.setitem(globals(), "LM_PARAMS", {**LM_PARAMS, **lm_kw})
-    with pytest.raises(F.IncompatibleCheckpoint, match=r"does not fit this run") as err:
-        run_stage(inputs, "lm", "ckpt", init_from=str(hf))
+def test_each_mismatch_is_named(changes, message):
+    codec = F.CodecSpec(CARD, changes.pop("rate", 32000), changes.pop("hop", 640))
+    config = LMConfig(**{"card": CARD, "n_codebooks": K, "text_dim": TEXT_DIM, **changes})
+    init = F.InitCheckpoint("ckpt", Path("ckpt"), config, codec, "digest")
+    with pytest.raises(F.IncompatibleCheckpoint, match="'ckpt' does not fit this run") as err:
+        F.check_compatible(init, F.CodecSpec(CARD, 32000, 640), K, TEXT_DIM, LM_PARAMS)
     assert message in str(err.value)
+
+
+def test_the_stage_refuses_a_checkpoint_that_does_not_fit(inputs, monkeypatch):
+    hf = save_hf_musicgen(inputs["root"] / "hf", card=64, upsampling_ratios=[8, 5, 4, 2])
+    monkeypatch.setattr(training, "lm_config", lambda *a: pytest.fail("built the preset"))
+    with pytest.raises(F.IncompatibleCheckpoint) as err:
+        run_stage(inputs, "lm", "ckpt", init_from=str(hf))
+    assert "it has card 64 but the codec has 32" in str(err.value)
+    assert "hop_length 320 samples per frame but the codec has 640" in str(err.value)
     assert not (inputs["root"] / "lm").exists()
 
 
@@ -186,6 +193,14 @@ def test_init_from_that_is_no_checkpoint_is_refused(inputs, tmp_path):
     (tmp_path / "junk" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(F.IncompatibleCheckpoint, match="neither an LM directory"):
         F.resolve_init(str(tmp_path / "junk"), tmp_path / "cache")
+
+
+def test_a_hub_id_that_cannot_be_fetched_says_so(tmp_path):
+    with pytest.raises(OSError, match="not loadable from the hub"):
+        F.resolve_init("no-such-org-h4/no-such-musicgen", tmp_path / "cache")
+    with pytest.raises(F.IncompatibleCheckpoint, match="no such directory"):
+        F.resolve_init(str(tmp_path / "missing"), tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*"))  # nothing half-converted left
 
 
 def interrupt_after_first_checkpoint(monkeypatch, inputs, ckpt: str) -> None:
@@ -231,3 +246,41 @@ def test_same_inputs_resume_and_the_key_ignores_cadence(inputs, monkeypatch, cap
         run_stage(inputs, "rerun", "ckpt", eval_every=2, checkpoint_every=3)
     assert "resuming from step 4" in caplog.text
     assert "starts over" not in caplog.text
+
+
+@pytest.mark.slow
+def test_finetune_and_text_on_the_fly_through_dvc_exp_run(tmp_path):
+    from pipeline_repo import SMALL, copy_project, ran_stages, run
+
+    small = {**SMALL, ("train", "steps"): 4, ("train", "eval_every"): 2}
+    repo = copy_project(tmp_path / "repo", small | {("train", "checkpoint_every"): 2})
+    run(["dvc", "repro", "train"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    codec = json.loads((repo / "data/models/codec/config.json").read_text())
+    text_dim = np.load(repo / "data/text/embeddings.npy", mmap_mode="r").shape[1]
+    hf = save_hf_musicgen(
+        tmp_path / "hf",
+        card=codec["codebook_size"],
+        n_codebooks=np.load(repo / "data/tokens/codes.npy", mmap_mode="r").shape[1],
+        text_dim=text_dim,
+        codebook_size=codec["codebook_size"],
+        sampling_rate=codec["sampling_rate"],
+        upsampling_ratios=codec["upsampling_ratios"],
+    )
+
+    out = run(["dvc", "exp", "run", "train", "-S", f"train.init_from={hf}"], repo)
+    assert ran_stages(out) == {"train"}
+    convert_hf(str(hf), tmp_path / "converted")
+    valid = training.read_split(repo / "data/split", "valid")
+    data = CodesAndText(repo / "data/tokens", repo / "data/text", valid)
+    expected = validation_ce(load_lm(tmp_path / "converted"), data, 16, torch.device("cpu"))
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["val_ce_init"] == pytest.approx(expected.mean(), rel=1e-6)
+
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    out = run(["dvc", "exp", "run", "train", "-S", "train.text_on_the_fly=true"], repo)
+    assert ran_stages(out) == {"train"}
+    assert "text_on_the_fly" in out  # named among the changed parts of the resume key
+    on_the_fly = json.loads((repo / "metrics/train.json").read_text())
+    assert on_the_fly["steps"] == 4 and on_the_fly["val_ce_raw"] < on_the_fly["val_ce_init"]
