@@ -164,10 +164,10 @@ def generate_command(args: argparse.Namespace) -> None:
         raise UsageError(str(err)) from err
     if args.hf is not None:
         log.info("loading %s", args.hf)
-        model = inference.load_hf(args.hf, device)
+        model = inference.load_hf(args.hf, device, args.precision)
     else:
         log.info("loading the run at %s", args.model)
-        model = inference.load_run(args.model, device)
+        model = inference.load_run(args.model, device, args.precision)
     seconds = run_seconds(args.seconds, model.trained_seconds)
     prompt = None if args.cont is None else model.encode_audio(args.cont)
     sampling = SamplingConfig(
@@ -183,6 +183,7 @@ def generate_command(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "device": str(device),
+        "precision": args.precision,
         "sample_rate": model.sample_rate,
         "version": version("musicgen-dvc"),
     }
@@ -203,6 +204,8 @@ def generate_command(args: argparse.Namespace) -> None:
 
 
 def add_generate(commands) -> None:
+    from musicgen.device import PRECISIONS
+
     p = commands.add_parser(
         "generate",
         help="music from text prompts, with a trained run or a published MusicGen",
@@ -285,6 +288,13 @@ def add_generate(commands) -> None:
         help="auto (CUDA when present), cpu, cuda or cuda:N",
     )
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast of the LM and the codec: auto is fp32 on the CPU, fp16 on CUDA (T5: bf16, "
+        "never fp16)",
+    )
+    p.add_argument(
         "--continue",
         dest="cont",
         type=Path,
@@ -346,7 +356,7 @@ def _lm_parameters(lm_dir: Path) -> int | None:
 
 def codebook_metrics(run: Path) -> tuple[Path, dict] | None:
     """The first metrics file with per-codebook usage (tokenize's, else the codec's, else any)."""
-    files = [run / "metrics/tokenize.json", run / "metrics/codec.json"]
+    files = [run / "metrics/tokens.json", run / "metrics/codec.json"]
     files += sorted((run / "metrics").glob("*.json"))
     for path in files:
         metrics = _read_json(path)

@@ -13,8 +13,9 @@ Two sources, one :class:`MusicGen` (a text encoder and its tokenizer, the LM, th
 
 Captions are encoded as the encode_text stage encodes them (:func:`musicgen.text.encode_texts`,
 states rounded to float16 as the LM saw them in training), sampled with
-:func:`musicgen.generate.generate` and decoded by the codec. The text encoder and the codec run on
-the CPU, the LM on the chosen device.
+:func:`musicgen.generate.generate` and decoded by the codec, as the generate stage does: every model
+on one device, in one ``precision`` (:mod:`musicgen.device`; ``auto``: fp32 on the CPU, where the
+numba decoding step runs; on CUDA fp16 autocast for the LM and the codec, bf16 for T5).
 """
 
 from __future__ import annotations
@@ -52,13 +53,16 @@ class MusicGen:
     """Everything generation needs, loaded from one source.
 
     Attributes:
-        lm: the LM, in eval mode, on its device.
-        codec: the ``EncodecModel`` (CPU).
+        lm: the LM, in eval mode, on the device.
+        codec: the ``EncodecModel``, on the device.
         tokenizer: the text encoder's tokenizer.
-        text_encoder: a frozen ``T5EncoderModel`` (CPU).
+        text_encoder: a frozen ``T5EncoderModel``, on the device.
         source: where it came from, e.g. ``run:/path/to/run`` or ``hf:facebook/musicgen-small``.
         max_words: captions are cut to their first ``max_words`` words (None: no limit).
         trained_seconds: length of the clips the LM was trained on (None: unknown).
+        precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16``: the autocast of the LM and the codec;
+            T5 takes the same but never fp16 (it overflows; ``fp16`` and ``auto`` give bf16 on
+            CUDA).
     """
 
     lm: LM
@@ -68,10 +72,26 @@ class MusicGen:
     source: str
     max_words: int | None = None
     trained_seconds: float | None = None
+    precision: str = "auto"
 
     @property
     def device(self) -> torch.device:
         return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """Autocast dtype of the LM and the codec (None: float32)."""
+        from musicgen.device import inference_dtype
+
+        return inference_dtype(self.precision, self.device)
+
+    @property
+    def text_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of T5 (None: float32)."""
+        from musicgen.device import inference_dtype
+
+        precision = "auto" if self.precision == "fp16" else self.precision
+        return inference_dtype(precision, self.device, fp16_safe=False)
 
     @property
     def sample_rate(self) -> int:
@@ -95,7 +115,9 @@ class MusicGen:
 
         if self.max_words is not None:
             texts = [" ".join(first_words(t, self.max_words)) for t in texts]
-        states = encode_texts(self.tokenizer, self.text_encoder, texts, progress=False)
+        states = encode_texts(
+            self.tokenizer, self.text_encoder, texts, progress=False, dtype=self.text_dtype
+        )
         cond, mask = pad_states(states)
         return cond.to(self.device), mask.to(self.device)
 
@@ -123,7 +145,9 @@ class MusicGen:
         if problem:
             raise PromptAudioError(f"the audio to continue, {path}, is unusable: {problem}")
         mono = resample(mono, rate, self.sample_rate)
-        return encode(self.codec, mono[None], self.lm.cfg.n_codebooks).to(self.device)
+        return encode(self.codec, mono[None], self.lm.cfg.n_codebooks, dtype=self.dtype).to(
+            self.device
+        )
 
     def sample(
         self,
@@ -145,12 +169,14 @@ class MusicGen:
         Returns:
             (B, K, T) int64 codes on the LM's device.
         """
+        from musicgen.device import autocast
         from musicgen.generate import generate
 
         cond, mask = self.condition(texts)
         if prompt is not None:
             prompt = prompt.expand(len(texts), -1, -1)
-        return generate(self.lm, cond, mask, n_frames, sampling, generator, prompt=prompt)
+        with autocast(self.device, self.dtype):
+            return generate(self.lm, cond, mask, n_frames, sampling, generator, prompt=prompt)
 
     def generate(
         self,
@@ -173,7 +199,7 @@ class MusicGen:
         n_prompt = 0 if prompt is None else prompt.shape[2]
         n_frames = n_prompt + math.ceil(seconds * self.frame_rate)
         codes = self.sample(texts, n_frames, sampling, generator, prompt)
-        audio = decode(self.codec, codes.cpu()).numpy()  # (B, n_frames * hop)
+        audio = decode(self.codec, codes, dtype=self.dtype).numpy()  # (B, n_frames * hop)
         return audio[:, : n_prompt * self.hop + round(seconds * self.sample_rate)]
 
 
@@ -239,12 +265,13 @@ def run_trained_seconds(run_dir: Path, frame_rate: float) -> float | None:
     return None
 
 
-def load_run(run_dir: Path, device: torch.device) -> MusicGen:
+def load_run(run_dir: Path, device: torch.device, precision: str = "auto") -> MusicGen:
     """The LM, codec and text encoder of a trained run of this pipeline.
 
     Args:
         run_dir: the run (the directory holding ``dvc.yaml``, ``params.yaml`` and ``data/``).
-        device: where the LM runs.
+        device: where the models run.
+        precision: see :class:`MusicGen`.
 
     Raises:
         ModelError: if the directory or one of its models is missing, or they do not fit.
@@ -260,14 +287,14 @@ def load_run(run_dir: Path, device: torch.device) -> MusicGen:
     codec_dir = _need(run_dir / CODEC_DIR, "codec", "codec_model")
     text_dir = _need(run_dir / TEXT_DIR, "text encoder", "text_model")
     tokenizer, text_encoder = load_text_encoder(text_dir)
-    codec = load_codec(str(codec_dir))
     m = MusicGen(
         load_lm(lm_dir, device),
-        codec,
+        load_codec(str(codec_dir)).to(device),
         tokenizer,
-        text_encoder,
+        text_encoder.to(device),
         f"run:{run_dir.resolve()}",
         max_words=run_max_words(run_dir),
+        precision=precision,
     )
     m.trained_seconds = run_trained_seconds(run_dir, m.frame_rate)
     check_compatible(m)
@@ -316,13 +343,14 @@ def hf_config(src: str):
     return config
 
 
-def load_hf(src: str, device: torch.device) -> MusicGen:
+def load_hf(src: str, device: torch.device, precision: str = "auto") -> MusicGen:
     """A published MusicGen: T5 and tokenizer, EnCodec, and the decoder converted to the LM.
 
     Args:
         src: a hub id (``facebook/musicgen-small``) or a ``save_pretrained`` directory of a
             ``MusicgenForConditionalGeneration`` (with its tokenizer, as a processor saves it).
-        device: where the LM runs.
+        device: where the models run.
+        precision: see :class:`MusicGen`.
 
     Raises:
         ModelError: if ``src`` is missing, not MusicGen, has no tokenizer, or cannot be converted.
@@ -355,10 +383,11 @@ def load_hf(src: str, device: torch.device) -> MusicGen:
     lm.load_state_dict(weights)
     m = MusicGen(
         lm.to(device).eval(),
-        model.audio_encoder.eval(),
+        model.audio_encoder.to(device).eval(),
         tokenizer,
-        model.text_encoder.eval().requires_grad_(False),
+        model.text_encoder.to(device).eval().requires_grad_(False),
         f"hf:{src}",
+        precision=precision,
     )
     check_compatible(m)
     return m

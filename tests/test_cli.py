@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -219,6 +220,36 @@ def test_a_run_defaults_to_its_clip_length_and_cuts_captions(tiny_run):
     assert (m.trained_seconds, m.max_words) == (4.0, 3)
     long, short = m.condition(["calm piano with soft strings", "calm piano with"])[0]
     assert torch.equal(long, short)  # only the first 3 words count
+
+
+def test_a_run_conditions_the_lm_as_the_encode_text_stage_did(tiny_run, tmp_path):
+    """The CLI's T5 states of a caption are the states the LM was trained on (variant 0)."""
+    from musicgen.data.store import CodesAndText, save_tokens
+    from musicgen.pipeline.captions import encode_text
+
+    ids = ["a", "b", "c"]
+    (tmp_path / "raw").mkdir()
+    pd.DataFrame({"ytid": ids, "caption": CAPTIONS}).to_csv(
+        tmp_path / "raw/metadata.csv", index=False
+    )
+    (tmp_path / "split").mkdir()
+    for name, rows in {"train": "a\nb\n", "valid": "c\n", "test": ""}.items():
+        (tmp_path / f"split/{name}.txt").write_text(rows)
+    params = {"n_variants": 2, "word_dropout": 0.5, "max_words": 3, "seed": 0, "batch_size": 32}
+    params |= {"device": "cpu", "precision": "auto"}
+    encode_text(
+        params,
+        tmp_path / "raw",
+        tmp_path / "split",
+        tiny_run / "data/models/text",
+        tmp_path / "text",
+        progress=False,
+    )
+    save_tokens(tmp_path / "tokens", ids, np.zeros((3, 4, 1), dtype=np.int16))
+    stored = CodesAndText(tmp_path / "tokens", tmp_path / "text", ids).batch(np.arange(3))
+    cond, mask = load_run(tiny_run, torch.device("cpu")).condition(CAPTIONS)
+    assert torch.equal(mask, stored.cond_mask)
+    torch.testing.assert_close(cond, stored.cond, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize(
