@@ -1,4 +1,7 @@
-"""VGGish: parity with PyPI torchvggish (network, weights layout, framing) and the .pth conversion."""
+"""VGGish: parity with PyPI torchvggish (network, weights layout, framing).
+
+The .pth -> safetensors conversion through the eval_models stage: tests/metrics/test_eval_stages.py.
+"""
 
 import numpy as np
 import pytest
@@ -52,17 +55,6 @@ def test_their_state_dict_loads_into_ours_and_embeddings_match(theirs):
     assert got.shape == (5, V.EMBEDDING_DIM)
     assert (expected < 0).any()  # the final ReLU is gone on both sides
     np.testing.assert_allclose(got, expected.double().numpy(), atol=1e-4, rtol=0)
-
-
-def test_a_torchvggish_pth_converts_to_safetensors(theirs, tmp_path):
-    pth = tmp_path / "vggish-test.pth"
-    full = torchvggish.torchvggish._vgg(postprocess=False)  # with its final ReLU: same keys
-    torch.save(full.state_dict(), pth)
-    out = tmp_path / "vggish.safetensors"
-    V.save_vggish(V.read_torchvggish(pth), out)
-    loaded = V.load_vggish(out)
-    for k, v in full.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_a_foreign_state_dict_is_refused_with_its_keys(tmp_path):
