@@ -156,16 +156,16 @@ def evaluate(
     summary = json.loads((reference_dir / REFERENCE_SUMMARY).read_text())
     metrics: dict = {"fd_clips": len(gen_ids), "embedders": {}}
     for name in params["embedders"]:
+        weights = E.weights_source(name, models_dir)
+        if name not in summary or summary[name]["weights"] != weights:
+            raise ValueError(
+                f"{reference_dir}: no reference stats of {name} made with {weights}: rerun "
+                "reference_stats"
+            )
         reference = load_npz(reference_dir / f"{name}.npz")
         embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
         generated = embedder.embed_clips(clips, sample_rate)  # (N, E, D)
         scores, per_clip = score_embedder(reference, generated, params["fad_inf"])
-        weights = E.weights_source(name, models_dir)
-        if summary[name]["weights"] != weights:
-            raise ValueError(
-                f"{reference_dir}: reference stats of {name} made with {summary[name]['weights']}, "
-                f"but the eval model is {weights}: rerun reference_stats"
-            )
         metrics.update({f"{k}_{name}": scores.pop(k) for k in ("fad", "fad_inf", "kad")})
         metrics["embedders"][name] = {"embedder": name, "weights": weights, **scores}
         if per_clip is not None:
