@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SCALE = 100.0  # kadtk's SCALE_FACTOR
-BLOCK = 2048  # rows per kernel block
+BLOCK = 512  # rows per kernel block (a block is BLOCK x N float64)
 MAX_PAIRS = 2_000_000  # above this many pairs the median distance comes from a seeded sample
 
 
@@ -31,20 +31,26 @@ def median_pairwise_distance(x: np.ndarray, seed: int = 0) -> float:
     """The median Euclidean distance between distinct embeddings of x (N, D).
 
     Exact up to ``MAX_PAIRS`` pairs; above that, the median of ``MAX_PAIRS`` pairs drawn with a
-    seed (i != j).
+    seed (i != j). Distances are computed a block of rows at a time.
     """
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if n < 2:
         raise ValueError(f"need at least 2 embeddings for a median distance, got {n}")
     if n * (n - 1) // 2 <= MAX_PAIRS:
-        i, j = np.triu_indices(n, k=1)
-    else:
-        rng = np.random.default_rng(seed)
-        i = rng.integers(0, n, MAX_PAIRS)
-        j = (i + rng.integers(1, n, MAX_PAIRS)) % n
-    d = np.sqrt(((x[i] - x[j]) ** 2).sum(1))
-    return float(np.median(d))
+        rows = [
+            _sq_dists(x[start : start + BLOCK], x)[
+                np.triu_indices(min(BLOCK, n - start), start + 1, n)
+            ]
+            for start in range(0, n, BLOCK)
+        ]
+        return float(np.median(np.sqrt(np.concatenate(rows))))
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, MAX_PAIRS)
+    j = (i + rng.integers(1, n, MAX_PAIRS)) % n
+    step = BLOCK * 64
+    d = [((x[i[k : k + step]] - x[j[k : k + step]]) ** 2).sum(1) for k in range(0, MAX_PAIRS, step)]
+    return float(np.median(np.sqrt(np.concatenate(d))))
 
 
 def kernel_mean(a: np.ndarray, b: np.ndarray, bandwidth: float, same: bool = False) -> float:
