@@ -103,6 +103,7 @@ def assert_same_outputs(a, b) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_tokenize_on_cpu_and_auto(small, tmp_path):
     from stage_runner import tokenize
 
@@ -116,6 +117,7 @@ def test_tokenize_on_cpu_and_auto(small, tmp_path):
     assert 1 < usage["distinct_mean"] <= 64  # the fit's 64 codes, more than one of them used
 
 
+@pytest.mark.slow
 def test_encode_text_on_cpu_and_auto(small, tmp_path):
     from stage_runner import encode_text
 
@@ -125,6 +127,7 @@ def test_encode_text_on_cpu_and_auto(small, tmp_path):
     assert_same_outputs(tmp_path / "cpu", tmp_path / "auto")
 
 
+@pytest.mark.slow
 def test_generate_on_cpu_and_auto(small, tmp_path):
     from musicgen.pipeline.generation import generate
 
