@@ -183,15 +183,28 @@ def _score_attr(value: object) -> str:
     return repr(number) if math.isfinite(number) else ""
 
 
-def _key_value_table(title: str, rows: dict[str, object], table_id: str) -> str:
+def _key_value_table(title: str, rows: dict[str, object], table_class: str) -> str:
     body = "".join(
         f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{_esc(v)}</td></tr>"
         for k, v in rows.items()
     )
     return (
-        f"<section class='kv'><h2>{html.escape(title)}</h2>"
-        f"<table id='{table_id}'><tbody>{body}</tbody></table></section>"
+        f"<section class='kv'><h3>{html.escape(title)}</h3>"
+        f"<table class='{table_class}'><tbody>{body}</tbody></table></section>"
     )
+
+
+def _grouped_tables(title: str, tree: dict, table_class: str) -> str:
+    """The top-level scalars of ``tree`` in one table, then one table per nested dict, side by
+    side (e.g. the run's metrics, then each embedder's)."""
+    scalars = {k: v for k, v in tree.items() if not isinstance(v, dict)}
+    tables = [_key_value_table(title, scalars, table_class)] if scalars else []
+    tables += [
+        _key_value_table(f"{title}: {key}", flatten(value), table_class)
+        for key, value in tree.items()
+        if isinstance(value, dict)
+    ]
+    return "".join(tables)
 
 
 # Sorts the items table by a score column; clicking again reverses. Missing scores sort last.
@@ -220,16 +233,18 @@ document.querySelectorAll("button.sort").forEach(function (button) {
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { margin: 0 0 0.5em; }
-.top { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
+.top { display: flex; flex-wrap: wrap; gap: 0 2.5em; align-items: flex-start; }
+.kv h3 { margin: 0.8em 0 0.3em; }
 .kv table { border-collapse: collapse; }
 .kv th { text-align: left; font-weight: normal; color: #555; padding: 1px 1em 1px 0; }
 .kv td { font-family: monospace; }
 #items { border-collapse: collapse; margin-top: 1em; }
 #items th, #items td { border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }
-#items td.caption { max-width: 22em; }
+#items td.item { min-width: 18em; max-width: 26em; }
+#items .id { font-family: monospace; color: #555; margin-bottom: 0.3em; }
 #items td.score { font-family: monospace; text-align: right; }
-.clip audio { display: block; width: 400px; }
-.clip img { display: block; margin-top: 4px; }
+.clip audio { display: block; width: 360px; }
+.clip img { display: block; margin-top: 4px; width: 360px; height: 115px; }
 button.sort { font: inherit; cursor: pointer; white-space: nowrap; }
 .legend span { display: inline-block; width: 1em; height: 0.6em; margin: 0 0.3em 0 1em; }
 """
@@ -262,7 +277,7 @@ def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
     score_names: list[str] = []
     for item in items:
         score_names += [k for k in item.scores if k not in score_names]
-    first_score_col = 5
+    first_score_col = 4  # after #, item, reference, generated
     headers = "".join(
         f"<th><button class='sort' type='button' data-col='{first_score_col + j}' "
         f"data-label='{html.escape(name, quote=True)}'>{html.escape(name)}</button></th>"
@@ -276,15 +291,16 @@ def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
             for name in score_names
         )
         rows.append(
-            f"<tr id='item-{i}'><td>{i}</td><td class='id'>{html.escape(item.id)}</td>"
-            f"<td class='caption'>{html.escape(item.caption)}</td>"
+            f"<tr id='item-{i}'><td>{i}</td><td class='item'>"
+            f"<div class='id'>{html.escape(item.id)}</div>"
+            f"<div class='caption'>{html.escape(item.caption)}</div></td>"
             + _clip_cell(f"audio/{stem}_reference.wav", f"images/{stem}_reference.png", "reference")
             + _clip_cell(f"audio/{stem}_generated.wav", f"images/{stem}_generated.png", "generated")
             + scores
             + "</tr>"
         )
     return (
-        "<table id='items'><thead><tr><th>#</th><th>id</th><th>caption</th>"
+        "<table id='items'><thead><tr><th>#</th><th>id and caption</th>"
         f"<th>reference</th><th>generated</th>{headers}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
@@ -321,8 +337,8 @@ def render_page(
         f"<h1>Listening gallery</h1><p>{len(items)} test items. Spectrograms: 0 Hz (bottom) to "
         "Nyquist on a mel scale, colours from -80 dBFS (dark) to 0 dBFS (light). Click a score "
         "to sort.</p><div class='top'>"
-        + _key_value_table("Metrics", flatten(metrics), "metrics")
-        + _key_value_table("Params", flatten(params), "params")
+        + _grouped_tables("Metrics", metrics, "metrics")
+        + _grouped_tables("Params", params, "params")
         + "</div>"
         + curves_html
         + _items_table(items, stems)

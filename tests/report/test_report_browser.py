@@ -9,9 +9,7 @@ from __future__ import annotations
 from browsercheck import open_gallery
 from reporthelpers import FAD, HOSTILE_IDS, SCRIPT_CAPTION
 
-ROW_IDS = (
-    "() => Array.from(document.querySelectorAll('#items tbody td.id')).map(c => c.textContent)"
-)
+ROW_IDS = "() => Array.from(document.querySelectorAll('#items tbody .id')).map(c => c.textContent)"
 
 
 def test_gallery_in_headless_chromium(gallery, tmp_path):
@@ -19,10 +17,13 @@ def test_gallery_in_headless_chromium(gallery, tmp_path):
         assert page.locator("audio").count() == 2 * len(HOSTILE_IDS)
 
         # the <script> caption is text: shown, not run, not turned into an element
-        captions = page.eval_on_selector_all("td.caption", "cs => cs.map(c => c.textContent)")
+        captions = page.eval_on_selector_all("#items .caption", "cs => cs.map(c => c.textContent)")
         assert SCRIPT_CAPTION in captions
         assert page.evaluate("document.scripts.length") == 1
-        assert page.evaluate("document.querySelectorAll('td.caption *, td.id *').length") == 0
+        assert (
+            page.evaluate("document.querySelectorAll('#items .caption *, #items .id *').length")
+            == 0
+        )
         assert log.dialogs == []
 
         # sorting by a score reorders the rows, and a second click reverses them
