@@ -72,6 +72,20 @@ def score_embedder(
     return metrics, per_clip
 
 
+def headline_metrics(metrics: dict, embedders: list[str]) -> dict:
+    """The gallery's summary: per embedder its weights, FAD, FAD∞, KAD and sizes; CLAP; CE."""
+    out: dict = {}
+    for name in embedders:
+        info = metrics["embedders"][name]
+        out[name] = {
+            "weights": info["weights"],
+            **{k: metrics[f"{k}_{name}"] for k in ("fad", "fad_inf", "kad")},
+            **{k: info[k] for k in ("n_ref", "n_gen", "clips_ref", "clips_gen")},
+        }
+    keys = ("clap_score", "clap_score_reference", "valid_ce", "test_ce")
+    return out | {k: metrics[k] for k in keys if k in metrics}
+
+
 def write_gallery_outputs(
     params: dict,
     all_params: dict,
@@ -104,7 +118,7 @@ def write_gallery_outputs(
     ]
     write_gallery(
         gallery_dir,
-        metrics=metrics,
+        metrics=headline_metrics(metrics, params["embedders"]),
         params=gallery_params(all_params),
         items=items,
     )
