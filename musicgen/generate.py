@@ -60,12 +60,72 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+class StaticStep:
+    """One decoding step whose ops do not depend on the step: on CUDA, captured in a CUDA graph.
+
+    The new step is written to and read from the KV cache at a position held in a tensor
+    (``KVCache.position``), attention runs over all the cache's steps with a mask, and the inputs
+    and outputs live in fixed tensors, so the same kernels with the same shapes run at every step.
+    On the CPU it runs eagerly (the path the tests compare with the dynamic cache); on CUDA it is
+    captured once in a ``torch.cuda.CUDAGraph`` after two warm-up runs and replayed, which removes
+    the launch overhead of a step's ~20 ops per layer. The CUDA-graph capture is untested on the
+    project's machine (no GPU); under ``torch.autocast`` it needs ``cache_enabled=False``.
+
+    Args:
+        model: the LM.
+        cache: its KV cache (without a numba kernel), after the text keys exist (one dynamic step).
+        rows: N, the rows of a step (batch, or twice the batch with guidance).
+    """
+
+    def __init__(self, model: LM, cache: KVCache, rows: int):
+        self.model, self.cache = model, cache
+        device = cache.k[0].device
+        self.tokens = torch.zeros(rows, model.cfg.n_codebooks, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def run(self) -> torch.Tensor:
+        """The step's ops on ``self.tokens`` at ``self.position``: logits (N, K, card)."""
+        cache, length = self.cache, self.cache.length
+        cache.position = self.position
+        try:
+            h = self.model.hidden_steps(self.tokens, None, None, cache)
+            return self.model.logits(h, cache)[:, :, 0]
+        finally:
+            cache.position, cache.length = None, length
+
+    def __call__(self, steps: torch.Tensor) -> torch.Tensor:
+        """Feeds one step (N, K, 1) at the cache's length and returns the logits (N, K, card)."""
+        self.tokens.copy_(steps)
+        self.position.fill_(self.cache.length)
+        if self.tokens.device.type != "cuda":
+            logits = self.run()
+        else:  # pragma: no cover - needs a GPU
+            if self.graph is None:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):  # warm-up runs write the same keys and values again
+                        self.run()
+                torch.cuda.current_stream().wait_stream(stream)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.logits = self.run()
+            self.graph.replay()
+            logits = self.logits.clone()
+        self.cache.length += 1
+        return logits
+
+
 class StepDecoder:
     """Next-step logits of the LM for a growing input sequence.
 
     With ``use_cache``, each call runs only the new input steps (self-attention keys and values grow
     in a preallocated cache, cross-attention keys and values are computed on the first call);
     without, each call recomputes the whole sequence (the reference the cache is tested against).
+    With ``static_step`` (and the cache), single steps after the first call run as a
+    :class:`StaticStep` (a CUDA graph on CUDA), without the numba kernel.
     """
 
     def __init__(
@@ -78,19 +138,19 @@ class StepDecoder:
         fast_kernel: bool = True,
         n_cond: int | None = None,
         weights: str = "fp32",
+        static_step: bool = False,
     ):
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         self.cache: KVCache | None = None
         self.history: torch.Tensor | None = None
+        self.static: StaticStep | None = None
+        self.static_step = static_step and use_cache
+        if self.static_step:
+            fast_kernel = False
         if use_cache:
+            device, dtype = memory.device, memory.dtype
             self.cache = model.new_cache(
-                memory.shape[0],
-                max_steps,
-                memory.device,
-                memory.dtype,
-                fast_kernel,
-                n_cond,
-                weights,
+                memory.shape[0], max_steps, device, dtype, fast_kernel, n_cond, weights
             )
 
     def __call__(self, steps: torch.Tensor) -> torch.Tensor:
@@ -98,6 +158,10 @@ class StepDecoder:
         if self.cache is None:
             self.history = steps if self.history is None else torch.cat([self.history, steps], 2)
             steps = self.history
+        if self.static_step and self.cache.length > 0 and steps.shape[2] == 1:
+            if self.static is None:  # after the first call: the text keys are in the cache
+                self.static = StaticStep(self.model, self.cache, steps.shape[0])
+            return self.static(steps)
         h = self.model.hidden_steps(steps, self.memory, self.memory_mask, self.cache)
         return self.model.logits(h[:, -1:], self.cache)[:, :, 0]
 
@@ -176,6 +240,7 @@ def generate(
     use_cache: bool = True,
     fast_kernel: bool = True,
     weights: str = "fp32",
+    static_step: bool = False,
 ) -> torch.Tensor:
     """Samples codes for a batch of conditions, optionally continuing a prompt.
 
@@ -199,6 +264,9 @@ def generate(
         weights: with the cache, how the linear weights are stored for decoding: ``fp32``,
             ``bf16`` or ``int8`` (per-output-channel scales), see :mod:`musicgen.kernels`; sums
             are float32 on every path. The text projection stays float32.
+        static_step: with the cache, run single steps as a :class:`StaticStep`: the same ops at
+            every step, captured once in a CUDA graph on CUDA (untested here: no GPU); on the CPU
+            it runs eagerly in torch (slower than the numba step; for testing).
 
     Returns:
         codes (B, K, T) int64.
@@ -221,7 +289,9 @@ def generate(
     open_steps = (valid & ~forced).any(dim=0).nonzero()
     first = int(open_steps[0]) if len(open_steps) else S  # steps before it are all prompt
     n_cond = B if guided else None
-    decoder = StepDecoder(model, memory, memory_mask, S, use_cache, fast_kernel, n_cond, weights)
+    decoder = StepDecoder(
+        model, memory, memory_mask, S, use_cache, fast_kernel, n_cond, weights, static_step
+    )
     steps = torch.cat([torch.full_like(seq[:, :, :1], special), seq[:, :, :first]], dim=2)
     for s in range(first, S):
         logits = decoder(steps.repeat(2, 1, 1) if guided else steps)  # (B or 2B, K, card)

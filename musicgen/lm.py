@@ -117,6 +117,9 @@ class KVCache:
         self.layer_arrays: list[LayerArrays | None] = []  # per layer, for the fused step
         self.fused_steps = 0
         self.positions: torch.Tensor | None = None  # (max_len, D) sinusoidal, see LM.embed_steps
+        # (1,) int64: when set, a single new step is written and read at this position (a tensor,
+        # so the step's ops are the same at every step: see musicgen.generate.StaticStep)
+        self.position: torch.Tensor | None = None
 
 
 def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
@@ -180,6 +183,12 @@ class Block(nn.Module):
         q, k, v = (a.heads(project(p, x, cache)) for p in (a.q_proj, a.k_proj, a.v_proj))
         if cache is None:
             return a.attend(q, k, v, is_causal=True)
+        if cache.position is not None:  # one step at a tensor position, (1, max_len) mask
+            k_all, v_all = cache.k[layer], cache.v[layer]
+            k_all.index_copy_(2, cache.position, k.to(k_all.dtype))
+            v_all.index_copy_(2, cache.position, v.to(v_all.dtype))
+            visible = torch.arange(k_all.shape[2], device=x.device)[None] <= cache.position
+            return a.attend(q, k_all, v_all, mask=visible, cache=cache)
         start, n = cache.length, x.shape[1]
         cache.k[layer][:, :, start : start + n] = k
         cache.v[layer][:, :, start : start + n] = v
@@ -244,6 +253,7 @@ class Block(nn.Module):
             and cache.kernel is not None
             and x.shape[1] == 1
             and not self.training
+            and cache.position is None
             and cache.kernel.handles(x)
         ):
             arrays = self.step_arrays(memory, memory_mask, cache, layer)
@@ -423,6 +433,8 @@ class LM(nn.Module):
         if cache.positions is None:
             pos = torch.arange(cache.k[0].shape[2], device=seq.device)
             cache.positions = sinusoidal_positions(pos, self.cfg.d_model).to(x.dtype)
+        if cache.position is not None:
+            return x + cache.positions.index_select(0, cache.position)
         return x + cache.positions[offset : offset + seq.shape[2]]
 
     def hidden_steps(

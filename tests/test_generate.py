@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from musicgen.generate import SamplingConfig, draw, generate, sample_next
+from musicgen.generate import SamplingConfig, StaticStep, draw, generate, sample_next
 from musicgen.lm import LM, LMConfig, null_condition
 from musicgen.patterns import PATTERNS
 
@@ -151,3 +151,39 @@ def test_draw_follows_the_probabilities():
     tokens = draw(probs, torch.Generator().manual_seed(0))
     freqs = torch.bincount(tokens, minlength=4).double() / len(tokens)
     assert freqs[1] == 0 and torch.allclose(freqs, probs[0].double(), atol=0.015)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_static_step_equals_the_dynamic_cache(pattern, monkeypatch):
+    """The step at a tensor position (the CUDA-graph path, eager on the CPU) changes nothing."""
+    model = tiny(pattern)
+    cond, mask = condition()
+    runs = []
+    run = StaticStep.run
+    monkeypatch.setattr(StaticStep, "run", lambda self: runs.append(1) or run(self))
+    n_steps = model.pattern(6).n_steps
+    static = generate(model, cond, mask, 6, GREEDY_CFG, static_step=True)
+    assert len(runs) == n_steps - 1  # every step after the first
+    assert torch.equal(static, generate(model, cond, mask, 6, GREEDY_CFG))
+    sampled = SamplingConfig(cfg_coef=3.0, top_k=20, temperature=1.2)
+    a = generate(model, cond, mask, 6, sampled, torch.Generator().manual_seed(1), static_step=True)
+    b = generate(model, cond, mask, 6, sampled, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    prompt = prompt_codes()
+    assert torch.equal(
+        generate(model, cond, mask, 7, GREEDY_CFG, prompt=prompt, static_step=True),
+        generate(model, cond, mask, 7, GREEDY_CFG, prompt=prompt),
+    )
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_stored_weights_generate_the_same_in_numba_torch_and_static_paths(weights):
+    model = tiny()
+    cond, mask = condition()
+    fast = generate(model, cond, mask, 6, GREEDY_CFG, weights=weights)
+    assert torch.equal(
+        fast, generate(model, cond, mask, 6, GREEDY_CFG, weights=weights, fast_kernel=False)
+    )
+    assert torch.equal(
+        fast, generate(model, cond, mask, 6, GREEDY_CFG, weights=weights, static_step=True)
+    )
