@@ -95,12 +95,19 @@ def save_tiny_clap(cfg: TinyClapConfig, out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
-def save_hub_clap(source: str, out_dir: Path) -> None:
-    """Copies a CLAP checkpoint (hub id or directory) and its processor into ``out_dir``."""
+def save_hub_clap(source: str, out_dir: Path) -> str:
+    """Copies a CLAP checkpoint (hub id or directory) and its processor into ``out_dir``.
+
+    Returns:
+        its description: ``source``, with ``@<commit>`` when it came from the hub.
+    """
     from transformers import AutoProcessor, ClapModel
 
-    ClapModel.from_pretrained(source).save_pretrained(out_dir)
+    model = ClapModel.from_pretrained(source)
+    model.save_pretrained(out_dir)
     AutoProcessor.from_pretrained(source).save_pretrained(out_dir)
+    commit = getattr(model.config, "_commit_hash", None)
+    return f"{source}@{commit}" if commit else source
 
 
 def _pooled(out) -> torch.Tensor:

@@ -51,8 +51,7 @@ def eval_models(params: dict, out_dir: Path) -> None:
             C.save_tiny_clap(tiny, out_dir / E.CLAP_DIR)
             sources["clap"] = f"tiny-random(seed={tiny.seed})"
         else:
-            C.save_hub_clap(source, out_dir / E.CLAP_DIR)
-            sources["clap"] = source
+            sources["clap"] = C.save_hub_clap(source, out_dir / E.CLAP_DIR)
     write_json(out_dir / E.SOURCES, sources)
 
 

@@ -48,3 +48,13 @@ def test_clap_scores_are_cosines():
     a = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     t = np.array([[2.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
     np.testing.assert_allclose(C.clap_scores(a, t), [1.0, 0.0, -1.0], atol=1e-12)
+
+
+def test_a_clap_directory_is_copied_through_the_hub_path(clap_dir, tmp_path):
+    """The real run's path (from_pretrained of a source, save_pretrained into the eval models)."""
+    described = C.save_hub_clap(str(clap_dir), tmp_path / "copy")
+    assert described == str(clap_dir)  # a local directory has no hub commit
+    clips = (0.1 * np.random.default_rng(1).normal(size=(2, 48000))).astype(np.float32)
+    a = C.ClapEmbedder(clap_dir, torch.device("cpu")).embed_clips(clips, 48000)
+    b = C.ClapEmbedder(tmp_path / "copy", torch.device("cpu")).embed_clips(clips, 48000)
+    np.testing.assert_array_equal(a, b)
