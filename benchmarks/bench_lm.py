@@ -24,9 +24,9 @@ Quality of fewer bytes: for each ``--weights`` other than fp32, the greedy token
 compared with fp32's over the whole run. Held-out cross-entropy of a trained model with each type:
 ``tests/test_kernels.py::test_bf16_and_int8_logit_error_and_held_out_ce``.
 
-On CUDA (when present, or ``--device cuda``) both run on the GPU and Hugging Face is given its
-fastest documented settings (static cache and ``torch.compile``); this path is untested here (no GPU
-on the project's machine). Training speed: ``benchmarks/bench_train.py``.
+On CUDA (when present, or ``--device cuda``) both run on the GPU: ours with its static step in a
+CUDA graph (``generate(static_step=True)``), Hugging Face with its fastest documented settings
+(static cache and ``torch.compile``); this path is untested here (no GPU on the project's machine). Training speed: ``benchmarks/bench_train.py``.
 
 Usage:
     OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py                # the README's figures
@@ -250,9 +250,12 @@ def time_batch(
     states, mask = conditioning(batch, ours.cfg.d_model)
     states, mask = states.to(device), mask.to(device)
     gen = torch.Generator(device).manual_seed(0)
+    on_gpu = device.type == "cuda"  # ours: the static step in a CUDA graph
 
     def ours_run(w):
-        return lambda: generate(ours, states, mask.bool(), args.frames, sampling, gen, weights=w)
+        return lambda: generate(
+            ours, states, mask.bool(), args.frames, sampling, gen, weights=w, static_step=on_gpu
+        )
 
     runs = {w: synchronized(ours_run(w), device) for w in weights}
     runs["HF"] = synchronized(
