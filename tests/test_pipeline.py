@@ -7,12 +7,15 @@ training metrics.
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
+from safetensors.torch import load_file
 
 
 def digest(path: Path) -> str:
@@ -65,7 +68,30 @@ def test_every_stage_writes_its_outputs(repo):
     assert {"valid_ce_cb0", "valid_ppl_cb3", "test_ce"} <= set(evaluation)
     assert codec["distinct_mean"] > 1  # the k-means fit made more than one code
     assert len(list((repo / "data/generated/audio").glob("*.wav"))) == 6
-    assert "val_ce" in (repo / "plots/train/val_ce.csv").read_text()
+    live = json.loads((repo / "plots/train/metrics.json").read_text())  # dvclive's summary
+    assert live["step"] == SMALL[("train", "steps")] and "ce" in live["val"]
+    plots = json.JSONDecoder().raw_decode(run(["dvc", "plots", "show", "--json"], repo))[0]
+    curves = {f"plots/train/plots/metrics/{n}.tsv" for n in ("train/loss", "val/ce", "train/lr")}
+    assert curves <= set(plots["data"])  # dvc plots show renders the training curves
+
+
+def test_train_with_two_processes_writes_what_one_process_does(repo):
+    """train.nproc_per_node: 2 makes the stage relaunch itself under torchrun (2 gloo ranks):
+    the same weights and metrics as one process, up to float rounding."""
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    run(["dvc", "repro"], repo)
+    one = load_file(repo / "data/lm/model.safetensors")
+    one_metrics = json.loads((repo / "metrics/train.json").read_text())
+    shutil.rmtree(repo / "data/checkpoint")  # else the finished run's final state is reused
+    out = run(["dvc", "exp", "run", "-S", "train.nproc_per_node=2"], repo)
+    assert "train" in ran_stages(out) and "relaunching under torchrun" in out
+    two = load_file(repo / "data/lm/model.safetensors")
+    assert all(torch.allclose(one[k], two[k], rtol=0, atol=1e-5) for k in one)
+    assert json.loads((repo / "metrics/train.json").read_text()) == pytest.approx(
+        one_metrics, rel=1e-5
+    )
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+    shutil.rmtree(repo / "data/checkpoint")
 
 
 def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
