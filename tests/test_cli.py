@@ -56,9 +56,12 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
+    return save_hf_musicgen(tmp_path_factory.mktemp("hf"))
+
+
+def save_hf_musicgen(out):
     """A random MusicGen (T5 24 wide, EnCodec 32 kHz 4 x 64 codes, decoder 32 wide) and its
-    tokenizer, saved as a processor would save them."""
-    out = tmp_path_factory.mktemp("hf")
+    tokenizer, saved in ``out`` as a processor would save them."""
     tokenizer = T.train_tokenizer(CAPTIONS, vocab_size=40)
     text = T5Config(
         vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=3
@@ -179,6 +182,25 @@ def test_hugging_face_model_keeps_the_text_projection_and_t5_states(hf_dir):
     torch.testing.assert_close(
         cond, states, atol=2e-3, rtol=1e-3
     )  # float16 storage, as in training
+
+
+def test_hugging_face_model_generates_what_hugging_face_generates(hf_dir):
+    """Greedy with guidance 3: the codes of ``load_hf(...).sample`` (tokenizer, T5, projection,
+    converted decoder) are those ``MusicgenForConditionalGeneration.generate`` decodes."""
+    m = load_hf(str(hf_dir), torch.device("cpu"))
+    hf = MusicgenForConditionalGeneration.from_pretrained(hf_dir).eval()
+    texts, steps = ["calm piano", "a sad violin melody"], 30
+    decoded = []
+    decode = hf.audio_encoder.decode
+    hf.audio_encoder.decode = lambda codes, *a, **kw: (
+        decoded.append(codes) or decode(codes, *a, **kw)
+    )
+    tokens = m.tokenizer(texts, return_tensors="pt", padding=True)
+    hf.generate(**tokens, do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
+    expected = decoded[0][0]  # (B, K, steps - max delay)
+    ours = m.sample(texts, steps, SamplingConfig(temperature=0), torch.Generator())
+    assert expected.shape == (2, 4, steps - 3)
+    assert torch.equal(ours[:, :, : expected.shape[2]], expected)
 
 
 def test_continue_starts_with_the_prompt_audio_codes(tiny_run, tmp_path, capsys):
