@@ -29,10 +29,12 @@ from musicgen.train import (
     is_main_process,
     load_checkpoint,
     make_optimizer,
+    read_live_curves,
     restore,
     run_identity,
     save_checkpoint,
     token_entropy,
+    torchrun_command,
     train,
     validation_ce,
 )
@@ -90,7 +92,7 @@ def test_training_beats_step_zero_and_token_frequencies(dataset):
     assert final.mean() < token_entropy(data.codes, card).mean()
 
 
-def interrupt_after_first_checkpoint(monkeypatch, data, card, ckpt_dir, run_hash):
+def interrupt_after_first_checkpoint(monkeypatch, data, card, ckpt_dir, run_hash, live_dir=None):
     """Runs training until its first checkpoint is written, then kills it."""
     import musicgen.train as tr
 
@@ -103,7 +105,7 @@ def interrupt_after_first_checkpoint(monkeypatch, data, card, ckpt_dir, run_hash
     with monkeypatch.context() as m:
         m.setattr(tr, "save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            train(lm(card), data, data, config(steps=20), ckpt_dir, run_hash, progress=False)
+            train(lm(card), data, data, config(steps=20), ckpt_dir, run_hash, False, live_dir)
 
 
 def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
@@ -307,6 +309,38 @@ def test_raising_steps_of_a_cosine_run_starts_over_and_says_why(dataset, caplog)
         )
     assert out["history"][0]["step"] == 0
     assert "train.steps changed" in caplog.text and "horizon" in caplog.text
+
+
+def test_torchrun_command():
+    argv = ["stages/train.py", "--out", "x"]
+    assert torchrun_command({"nproc_per_node": 1}, argv, env={}) is None
+    cmd = torchrun_command({"nproc_per_node": 2}, argv, env={})
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        *argv,
+    ]
+    assert torchrun_command({"nproc_per_node": 2}, argv, env={"WORLD_SIZE": "2"}) is None
+    multi = torchrun_command({"nnodes": 2, "rdzv_endpoint": "head:29500"}, argv, env={})
+    assert "--rdzv_endpoint=head:29500" in multi and "--nnodes=2" in multi
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        torchrun_command({"nnodes": 2}, argv, env={})
+
+
+def test_live_curves_of_a_resumed_run_are_those_of_one_run(dataset, monkeypatch):
+    """dvclive logs every step once: a resumed run replays the checkpoint's history."""
+    root, ids, card = dataset
+    data = make(root, ids)
+    interrupt_after_first_checkpoint(monkeypatch, data, card, root / "ck", "h", root / "live")
+    train(lm(card), data, data, config(steps=20), root / "ck", "h", False, root / "live")
+    curves = read_live_curves(root / "live")
+    assert curves["step"].tolist() == list(range(21))
+    assert curves["val/ce"].notna().tolist() == [s in (0, 20) for s in range(21)]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"} <= set(curves)
+    assert {f"train/ce_cb{k}" for k in range(4)} <= set(curves)
+    assert json.loads((root / "live/metrics.json").read_text())["step"] == 20
 
 
 def run_worker(root: Path, ckpt: str, out: str, cfg: dict, nproc: int = 1, **popen):
