@@ -27,6 +27,17 @@ log = logging.getLogger("musicgen")
 DEFAULT_SECONDS = 10.0  # MusicGen's default length; a run's default is capped at its clip length
 DEFAULT_BATCH = 4  # prompts per generate() call
 SLUG_CHARS = 40  # longest prompt-derived part of an output name
+STAGE_OF = {  # the stage that writes what `musicgen info` shows under each label
+    "download": "download",
+    "resample": "resample",
+    "split": "split",
+    "codec": "codec_model",
+    "codebooks": "tokenize",
+    "text encoder": "text_model",
+    "LM": "train",
+    "training": "train",
+    "generated": "generate",
+}
 OTHER_AUDIO = {".flac", ".mp3", ".ogg", ".opus", ".aiff", ".m4a"}  # --out names refused
 
 
@@ -365,108 +376,87 @@ def codebook_metrics(run: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def info_lines(run: Path) -> list[str]:
-    """A terminal-readable summary of a run; what is missing is listed at the end."""
-    lines, missing = [f"run {run.resolve()}"], []
+def _split_text(split_dir: Path) -> str | None:
+    """``train n, valid n, test n`` from the split lists."""
+    files = {s: split_dir / f"{s}.txt" for s in ("train", "valid", "test")}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    return ", ".join(f"{s} {len(f.read_text().split())}" for s, f in files.items())
 
-    def item(label: str, path: Path, text: str | None, stage: str) -> None:
-        if text is None:
-            missing.append(f"{path.relative_to(run)} (stage {stage})")
-        else:
-            lines.append(f"  {label:<14}{text}")
 
-    lines.append("data")
-    item(
-        "download",
-        run / "data/raw/status.csv",
-        _counts(run / "data/raw/status.csv", "status"),
-        "download",
-    )
-    manifest = run / "data/audio/manifest.csv"
-    item("resample", manifest, _counts(manifest, "status"), "resample")
-    split_dir = run / "data/split"
-    splits = {s: split_dir / f"{s}.txt" for s in ("train", "valid", "test")}
-    item(
-        "split",
-        split_dir,
-        ", ".join(f"{s} {len(p.read_text().split())}" for s, p in splits.items())
-        if all(p.is_file() for p in splits.values())
-        else None,
-        "split",
+def _codec_text(config: dict | None) -> str | None:
+    if not config:
+        return None
+    hop = math.prod(config.get("upsampling_ratios", [1]))
+    return (
+        f"EnCodec {config.get('sampling_rate')} Hz, hop {hop}, "
+        f"{config.get('codebook_size')} codes per codebook"
     )
 
-    lines.append("models")
-    codec = _read_json(run / "data/models/codec/config.json")
-    usage = codebook_metrics(run)
-    codec_text = None
-    if codec:
-        codec_text = (
-            f"EnCodec {codec.get('sampling_rate')} Hz, hop {math.prod(codec.get('upsampling_ratios', [1]))}, "
-            f"{codec.get('codebook_size')} codes per codebook"
+
+def _usage_text(run: Path) -> str | None:
+    """Distinct codes (and entropy) per codebook, and the metrics file they come from."""
+    found = codebook_metrics(run)
+    if found is None:
+        return None
+    path, m = found
+    K = sum(1 for k in m if re.fullmatch(r"codebook_\d+_distinct", k))
+    text = "distinct codes " + " ".join(str(m[f"codebook_{k}_distinct"]) for k in range(K))
+    if all(f"codebook_{k}_entropy_bits" in m for k in range(K)):
+        entropy = " ".join(f"{m[f'codebook_{k}_entropy_bits']:.2f}" for k in range(K))
+        text += f"; entropy {entropy} bits"
+    return f"{text} ({path.relative_to(run)})"
+
+
+def _text_encoder_text(config: dict | None) -> str | None:
+    if not config:
+        return None
+    return (
+        f"{config.get('model_type')}, d_model {config.get('d_model')}, layers "
+        f"{config.get('num_layers')}, vocabulary {config.get('vocab_size')}"
+    )
+
+
+def _lm_text(lm_dir: Path) -> str | None:
+    config = _read_json(lm_dir / "config.json")
+    if not config:
+        return None
+    g = config.get
+    pattern = g("pattern")
+    text = (
+        f"d_model {g('d_model')}, heads {g('n_heads')}, layers {g('n_layers')}, ffn {g('ffn_dim')}, "
+        f"{g('n_codebooks')} codebooks x {g('card')}, pattern {pattern}"
+        f"{' ' + str(g('delays')) if pattern == 'delay' else ''}, text_dim {g('text_dim')}"
+    )
+    n = _lm_parameters(lm_dir)
+    return text if n is None else f"{text}, {n:,} parameters"
+
+
+def _training_text(train: dict | None) -> str | None:
+    """Steps, tokens and validation CE of ``metrics/train.json``."""
+    if not train:
+        return None
+    parts = [f"{_fmt(train.get('steps'))} steps"]
+    if "tokens_seen" in train:
+        parts.append(f"{_fmt(train['tokens_seen'])} tokens")
+    if "val_ce" in train:
+        extra = [
+            f"{label} {train[key]:.4f}"
+            for key, label in (("val_ce_init", "step 0"), ("val_ce_raw", "raw weights"))
+            if key in train
+        ]
+        parts.append(
+            f"val_ce {train['val_ce']:.4f} nats" + (f" ({', '.join(extra)})" if extra else "")
         )
-    item("codec", run / "data/models/codec", codec_text, "codec_model")
-    if usage:
-        path, m = usage
-        K = sum(1 for k in m if re.fullmatch(r"codebook_\d+_distinct", k))
-        usage_text = "distinct codes " + " ".join(
-            str(m[f"codebook_{k}_distinct"]) for k in range(K)
-        )
-        if all(f"codebook_{k}_entropy_bits" in m for k in range(K)):
-            entropy = " ".join(f"{m[f'codebook_{k}_entropy_bits']:.2f}" for k in range(K))
-            usage_text += f"; entropy {entropy} bits"
-        lines.append(f"  {'codebooks':<14}{usage_text} ({path.relative_to(run)})")
-    text = _read_json(run / "data/models/text/config.json")
-    item(
-        "text encoder",
-        run / "data/models/text",
-        None
-        if text is None
-        else f"{text.get('model_type')}, d_model {text.get('d_model')}, layers {text.get('num_layers')}, "
-        f"vocabulary {text.get('vocab_size')}",
-        "text_model",
-    )
-    lm = _read_json(run / "data/lm/config.json")
-    lm_text = None
-    if lm:
-        n = _lm_parameters(run / "data/lm")
-        lm_text = (
-            f"d_model {lm['d_model']}, heads {lm['n_heads']}, layers {lm['n_layers']}, ffn "
-            f"{lm['ffn_dim']}, {lm['n_codebooks']} codebooks x {lm['card']}, pattern {lm['pattern']}"
-            f"{' ' + str(lm['delays']) if lm['pattern'] == 'delay' else ''}, text_dim {lm['text_dim']}"
-            + ("" if n is None else f", {n:,} parameters")
-        )
-    item("LM", run / "data/lm", lm_text, "train")
-    train = _read_json(run / "metrics/train.json")
-    if train:
-        parts = [f"{_fmt(train.get('steps'))} steps"]
-        if "tokens_seen" in train:
-            parts.append(f"{_fmt(train['tokens_seen'])} tokens")
-        if "val_ce" in train:
-            extra = [
-                f"{label} {train[key]:.4f}"
-                for key, label in (("val_ce_init", "step 0"), ("val_ce_raw", "raw weights"))
-                if key in train
-            ]
-            parts.append(
-                f"val_ce {train['val_ce']:.4f} nats" + (f" ({', '.join(extra)})" if extra else "")
-            )
-        if "train_token_entropy" in train:
-            parts.append(f"training-token entropy {train['train_token_entropy']:.4f}")
-        lines.append(f"  {'training':<14}" + ", ".join(parts))
-    generated = run / "data/generated/audio"
-    item(
-        "generated",
-        generated,
-        f"{len(list(generated.glob('*.wav')))} wavs in data/generated/audio"
-        if generated.is_dir()
-        else None,
-        "generate",
-    )
+    if "train_token_entropy" in train:
+        parts.append(f"training-token entropy {train['train_token_entropy']:.4f}")
+    return ", ".join(parts)
 
-    metric_files = sorted((run / "metrics").glob("*.json"))
-    if metric_files:
-        lines.append("metrics")
-    for path in metric_files:
+
+def _metrics_lines(run: Path) -> list[str]:
+    """Every ``metrics/*.json``, one value a line."""
+    lines = []
+    for path in sorted((run / "metrics").glob("*.json")):
         metrics = _read_json(path)
         if not isinstance(metrics, dict):
             lines.append(f"  {path.relative_to(run)}: unreadable")
@@ -474,11 +464,60 @@ def info_lines(run: Path) -> list[str]:
         lines.append(f"  {path.relative_to(run)}")
         width = max((len(k) for k in metrics), default=0)
         lines += [f"    {k:<{width}}  {_fmt(v)}" for k, v in sorted(metrics.items())]
-    if not metric_files:
-        missing.append("metrics/*.json")
+    return lines
+
+
+def info_lines(run: Path) -> list[str]:
+    """A terminal-readable summary of a run; what is missing is listed at the end."""
+    generated = run / "data/generated/audio"
+    sections = {
+        "data": [
+            ("download", "data/raw/status.csv", _counts(run / "data/raw/status.csv", "status")),
+            (
+                "resample",
+                "data/audio/manifest.csv",
+                _counts(run / "data/audio/manifest.csv", "status"),
+            ),
+            ("split", "data/split", _split_text(run / "data/split")),
+        ],
+        "models": [
+            (
+                "codec",
+                "data/models/codec",
+                _codec_text(_read_json(run / "data/models/codec/config.json")),
+            ),
+            ("codebooks", "metrics/tokens.json", _usage_text(run)),
+            (
+                "text encoder",
+                "data/models/text",
+                _text_encoder_text(_read_json(run / "data/models/text/config.json")),
+            ),
+            ("LM", "data/lm", _lm_text(run / "data/lm")),
+            (
+                "training",
+                "metrics/train.json",
+                _training_text(_read_json(run / "metrics/train.json")),
+            ),
+            (
+                "generated",
+                "data/generated/audio",
+                f"{len(list(generated.glob('*.wav')))} wavs" if generated.is_dir() else None,
+            ),
+        ],
+    }
+    lines, missing = [f"run {run.resolve()}"], []
+    for section, items in sections.items():
+        lines.append(section)
+        for label, path, text in items:
+            if text is None:
+                missing.append(f"  {path} (stage {STAGE_OF[label]})")
+            else:
+                lines.append(f"  {label:<14}{text}")
+    metrics = _metrics_lines(run)
+    if metrics:
+        lines += ["metrics", *metrics]
     if missing:
-        lines.append("missing (run `dvc repro` in the run to build them)")
-        lines += [f"  {m}" for m in missing]
+        lines += ["missing (run `dvc repro` in the run to build them)", *missing]
     return lines
 
 

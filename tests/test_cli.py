@@ -383,7 +383,11 @@ def test_info_on_a_run(tiny_run, tmp_path, capsys):
 def test_info_on_an_empty_directory(tmp_path, capsys):
     code, out, err = run_cli(["info", tmp_path], capsys)
     assert code == 0, err
-    assert "missing" in out and "data/lm (stage train)" in out and "metrics/*.json" in out
+    assert (
+        "missing" in out
+        and "data/lm (stage train)" in out
+        and "metrics/train.json (stage train)" in out
+    )
     assert run_cli(["info", tmp_path / "nowhere"], capsys)[0] == 1
 
 
