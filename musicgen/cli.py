@@ -41,6 +41,26 @@ STAGE_OF = {  # the stage that writes what `musicgen info` shows under each labe
 OTHER_AUDIO = {".flac", ".mp3", ".ogg", ".opus", ".aiff", ".m4a"}  # --out names refused
 
 
+# flag, metavar, type, lowest value, lowest allowed, highest, default, help: MusicGen's defaults
+SAMPLING_OPTIONS = [
+    (
+        "--seconds",
+        "S",
+        float,
+        0,
+        False,
+        None,
+        None,
+        f"seconds of new audio (default: {DEFAULT_SECONDS:g}; for a run at most the length of "
+        "its training clips)",
+    ),
+    ("--cfg", "C", float, 0, True, None, 3.0, "classifier-free guidance; 1 turns it off"),
+    ("--top-k", "K", int, 0, True, None, 250, "sample among the K likeliest tokens; 0 disables"),
+    ("--top-p", "P", float, 0, True, 1.0, 0.0, "nucleus sampling when > 0 (after top-k)"),
+    ("--temperature", "T", float, 0, True, None, 1.0, "0 is greedy"),
+]
+
+
 class UsageError(ValueError):
     """A command line that cannot be run as given; the message says what to change."""
 
@@ -58,7 +78,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _number(kind, name: str, low: float, low_ok: bool, high: float | None = None):
+def _number(kind, name: str, low: float, low_ok: bool, high: float | None):
     """An argparse type: a finite ``kind`` above ``low`` (or at it, if ``low_ok``), at most ``high``."""
 
     def parse(text: str):
@@ -255,42 +275,14 @@ def add_generate(commands) -> None:
         help="a published MusicGen instead: a hub id (facebook/musicgen-small) or a "
         "MusicgenForConditionalGeneration save_pretrained directory with its tokenizer",
     )
-    p.add_argument(
-        "--seconds",
-        metavar="S",
-        type=_number(float, "--seconds", 0, False),
-        default=None,
-        help=f"seconds of new audio (default: {DEFAULT_SECONDS:g}; for a run at most the length "
-        "of its training clips)",
-    )
-    p.add_argument(
-        "--cfg",
-        metavar="C",
-        type=_number(float, "--cfg", 0, True),
-        default=3.0,
-        help="classifier-free guidance coefficient; 1 turns it off",
-    )
-    p.add_argument(
-        "--top-k",
-        metavar="K",
-        type=_number(int, "--top-k", 0, True),
-        default=250,
-        help="sample among the K likeliest tokens; 0 disables",
-    )
-    p.add_argument(
-        "--top-p",
-        metavar="P",
-        type=_number(float, "--top-p", 0, True, 1.0),
-        default=0.0,
-        help="nucleus sampling when > 0 (after top-k)",
-    )
-    p.add_argument(
-        "--temperature",
-        metavar="T",
-        type=_number(float, "--temperature", 0, True),
-        default=1.0,
-        help="0 is greedy",
-    )
+    for flag, metavar, kind, low, low_ok, high, default, text in SAMPLING_OPTIONS:
+        p.add_argument(
+            flag,
+            metavar=metavar,
+            type=_number(kind, flag, low, low_ok, high),
+            default=default,
+            help=text,
+        )
     p.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the sampling")
     p.add_argument(
         "--device",
@@ -316,7 +308,7 @@ def add_generate(commands) -> None:
     p.add_argument(
         "--batch-size",
         metavar="B",
-        type=_number(int, "--batch-size", 1, True),
+        type=_number(int, "--batch-size", 1, True, None),
         default=DEFAULT_BATCH,
         help="prompts generated at once",
     )
