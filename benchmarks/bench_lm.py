@@ -31,7 +31,7 @@ CUDA graph (``generate(static_step=True)``), Hugging Face with its fastest docum
 Usage:
     OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py                # the README's figures
     OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py --presets seed1 --batches 1 4 16 \\
-        --weights fp32 bf16                                          # the quick subset, ~5 min
+        --weights fp32 bf16 --frames 50                              # the quick subset, ~5 min
 """
 
 from __future__ import annotations
@@ -320,7 +320,9 @@ def greedy_agreement(model: LM, weights: list[str], frames: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n")[0],
+        epilog=__doc__[__doc__.index("Usage:") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--presets", "--gen-presets", nargs="*", default=["seed1", "small"])
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 4, 16])
