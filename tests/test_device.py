@@ -144,4 +144,5 @@ def test_generate_on_cpu_and_auto(small, tmp_path):
             progress=False,
         )
     assert_same_outputs(tmp_path / "cpu", tmp_path / "auto")
-    assert len(list((tmp_path / "cpu" / "audio").glob("*.wav"))) == 3
+    n_test = len((d.split / "test.txt").read_text().split())
+    assert len(list((tmp_path / "cpu" / "audio").glob("*.wav"))) == min(3, n_test)
