@@ -9,9 +9,12 @@ and ``fp32`` (the CPU default) disables it, so a CPU run computes exactly what i
 Inference precision (:func:`inference_dtype`), ``auto``:
 
 * CPU: fp32 (autocast gains nothing there and changes results);
-* CUDA: fp16, or bf16 for models known to overflow in fp16 (T5: its feed-forward activations
-  exceed fp16's range, 65504, and give inf/NaN states; pass ``fp16_safe=False``), fp32 on a GPU
-  without bf16 support.
+* CUDA: fp16, or bf16 for models known to overflow in fp16 (pass ``fp16_safe=False``), fp32 on a
+  GPU without bf16 support. T5 is one: the output of its feed-forward ``wo`` projection exceeds
+  fp16's range (65504; 66246 measured in transformers issue #5651), the states become inf and then
+  NaN; ``t5-base`` in half precision gives NaN encoder states (transformers #4586; #9295 found only
+  ``t5-small`` safe), and T5 was trained with bf16 activations (google-research/t5 #539). Autocast
+  does not help, as the projection's output is fp16 under it too.
 
 Training precision (:func:`autocast_dtype`), ``auto``: fp16 autocast on CUDA, fp32 on CPU.
 """
