@@ -574,6 +574,7 @@ def train(
 def _train(
     model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress, live_dir, ranks, device
 ):
+    """:func:`train` in this process, as rank ``ranks.rank`` on ``device``."""
     if cfg.batch_size % ranks.world:
         raise ValueError(
             f"train.batch_size = {cfg.batch_size} is not divisible by the {ranks.world} processes"

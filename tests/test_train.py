@@ -370,6 +370,7 @@ def test_ddp_two_processes_equal_one_process(dataset):
     init = {f"model.{k}": v for k, v in state(lm(card)).items()}
     assert not weights_equal({k: one[k] for k in init}, init, atol=1e-4)  # it trained
     assert weights_equal(one, two, atol=1e-5)
+    assert weights_equal(two, load_file(root / "two.rank1.safetensors"))  # the same on both ranks
     meta = json.loads((root / "ckpt2/meta.json").read_text())  # rank 0 wrote the checkpoint
     assert meta["complete"] and meta["step"] == 8
 
@@ -397,7 +398,8 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(dataset):
 
 
 def main(root: Path, ckpt: Path, out: Path, overrides: dict) -> None:
-    """Trains on the fixture's dataset in ``root``; rank 0 saves ``model.*`` and ``ema.*``."""
+    """Trains on the fixture's dataset in ``root``; saves ``model.*`` and ``ema.*`` to ``out`` (rank
+    0) or ``out.rank<N>.safetensors``."""
     import musicgen.train as tr
 
     slow = overrides.pop("slow_step_s", 0.0)
@@ -409,9 +411,11 @@ def main(root: Path, ckpt: Path, out: Path, overrides: dict) -> None:
     model = lm(32)
     cfg = config(**overrides)
     result = train(model, data, data, cfg, ckpt, config_hash(run_identity(cfg)), progress=False)
-    if is_main_process():
-        tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}
-        save_file(tensors | {f"ema.{k}": v for k, v in result["ema"].items()}, str(out))
+    tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in result["ema"].items()}
+    if not is_main_process():  # to check that every rank holds the same weights and EMA
+        out = out.with_suffix(f".rank{os.environ['RANK']}.safetensors")
+    save_file(tensors, str(out))
 
 
 if __name__ == "__main__":
