@@ -209,6 +209,11 @@ def distributed(device_name: str):
         return
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"train.nproc_per_node asks for GPU {local_rank} on this node, which has "
+                f"{torch.cuda.device_count()}: one process per GPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
