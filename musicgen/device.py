@@ -101,8 +101,14 @@ def inference_dtype(
     return _DTYPES[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None."""
+def autocast(
+    device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context when ``dtype`` is None.
+
+    ``cache_enabled=False`` when a CUDA graph is captured inside (the weights' casts must be part
+    of the graph, not cached outside it).
+    """
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)

@@ -28,7 +28,8 @@ def generate(
 
     The LM and the codec run on ``generate.device``; ``generate.precision`` is the autocast dtype
     of the LM's forward passes and of the codec's decoder (``auto``: fp16 on CUDA, fp32 on the
-    CPU, where the numba decoding step runs). Guidance and sampling always use float32 logits.
+    CPU, where the numba decoding step runs; on CUDA each decoding step is replayed from a CUDA
+    graph, ``generate(static_step=True)``). Guidance and sampling always use float32 logits.
     The sampling RNG lives on the device, so a CUDA run draws other samples than a CPU run.
     """
     from tqdm import tqdm
@@ -38,6 +39,7 @@ def generate(
 
     device = pick_device(params["device"])
     dtype = inference_dtype(params["precision"], device)
+    static = device.type == "cuda"  # decoding steps in a CUDA graph; the CPU runs the numba step
     model = load_lm(lm_dir, device)
     codec = C.load_codec(str(codec_dir)).to(device)
     test_ids = read_split(split_dir, "test")
@@ -57,9 +59,16 @@ def generate(
     for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
         b = data.batch(np.arange(i, min(i + bs, len(data))))
         cond, cond_mask = b.cond.to(device), b.cond_mask.to(device)
-        with autocast(device, dtype):
+        with autocast(device, dtype, cache_enabled=not static):
             out = generate(  # (b, K, T)
-                model, cond, cond_mask, n_frames, sampling, generator, weights=params["weights"]
+                model,
+                cond,
+                cond_mask,
+                n_frames,
+                sampling,
+                generator,
+                weights=params["weights"],
+                static_step=static,
             )
         audio = C.decode(codec, out, dtype=dtype).numpy()  # (b, T * hop)
         out = out.cpu()
