@@ -11,6 +11,8 @@ CFG dropout (:func:`cfg_drop`). Rank 0 alone writes checkpoints, curves and logs
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import json
 import logging
 import math
@@ -365,6 +367,9 @@ def load_checkpoint(ckpt_dir: Path, run_hash: str, cfg: TrainConfig) -> tuple[di
     if meta.get("run_hash") != run_hash:
         log.warning("checkpoint in %s is another run; starting over: %s", ckpt_dir, why(meta, cfg))
         return None
+    if meta.get("code") != code_hash():
+        log.warning("checkpoint in %s was written by other training code; starting over", ckpt_dir)
+        return None
     if meta["step"] > cfg.steps:
         log.warning(
             "checkpoint in %s is at step %d, past train.steps = %d; starting over",
@@ -677,7 +682,19 @@ def _train(
 
 def run_meta(meta: dict, run_hash: str, cfg: TrainConfig) -> dict:
     """A checkpoint's meta with what identifies its run."""
-    return {"run_hash": run_hash, "identity": run_identity(cfg), **meta}
+    return {"run_hash": run_hash, "identity": run_identity(cfg), "code": code_hash(), **meta}
+
+
+LOOP_MODULES = ("musicgen.train", "musicgen.lm", "musicgen.patterns", "musicgen.data.store")
+
+
+def code_hash() -> str:
+    """A hash of the training code's source (``LOOP_MODULES``): a checkpoint written by other code
+    is another run, even when the run's params and inputs are the same."""
+    h = hashlib.sha256()
+    for name in LOOP_MODULES:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def check_same_start(start: int, ranks: Ranks, device: torch.device) -> None:

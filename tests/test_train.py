@@ -25,6 +25,7 @@ from musicgen.params import config_hash
 from musicgen.train import (
     TrainConfig,
     batch_rows,
+    code_hash,
     get_lr,
     is_main_process,
     load_checkpoint,
@@ -137,6 +138,17 @@ def test_checkpoint_of_another_config_is_not_resumed(dataset, monkeypatch):
     interrupt_after_first_checkpoint(monkeypatch, data, card, root / "c", "old")
     out = train(lm(card), data, data, config(steps=20), root / "c", "new", progress=False)
     assert out["history"][0]["step"] == 0  # started over, with its own step-0 evaluation
+
+
+def test_checkpoint_of_other_training_code_is_not_resumed(dataset, monkeypatch):
+    root, ids, card = dataset
+    data = make(root, ids)
+    interrupt_after_first_checkpoint(monkeypatch, data, card, root / "c", "h")
+    import musicgen.train as tr
+
+    monkeypatch.setattr(tr, "code_hash", lambda: "edited")
+    out = train(lm(card), data, data, config(steps=20), root / "c", "h", progress=False)
+    assert out["history"][0]["step"] == 0
 
 
 def test_lr_schedule():
@@ -271,7 +283,8 @@ def test_grad_scaler_state_round_trips(tmp_path):
     saved = scaler.state_dict()
     assert saved["_growth_tracker"] == 2
     ema = state(model)
-    save_checkpoint(tmp_path, model, ema, optimizer, scaler, {"run_hash": "h", "step": 2})
+    meta = {"run_hash": "h", "step": 2, "code": code_hash()}
+    save_checkpoint(tmp_path, model, ema, optimizer, scaler, meta)
     tensors, meta = load_checkpoint(tmp_path, "h", cfg)
     fresh = torch.amp.GradScaler("cpu")
     restore(tensors, meta, lm(32), ema, make_optimizer(model, cfg), fresh)
