@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
+from reference_metrics import UPDATE, committed_metrics, load_reference, out_of_tolerance
 from safetensors.torch import load_file
 
 
@@ -73,6 +74,13 @@ def test_every_stage_writes_its_outputs(repo):
     plots = json.JSONDecoder().raw_decode(run(["dvc", "plots", "show", "--json"], repo))[0]
     curves = {f"plots/train/plots/metrics/{n}.tsv" for n in ("train/loss", "val/ce", "train/lr")}
     assert curves <= set(plots["data"])  # dvc plots show renders the training curves
+
+
+def test_metrics_are_within_the_cross_machine_tolerance_of_the_reference(repo):
+    """README, Reproducibility: every metric of the small run within its tolerance
+    (tests/reference_metrics.py) of tests/reference/small_metrics.json."""
+    problems = out_of_tolerance(committed_metrics(repo), load_reference())
+    assert problems == [], f"after a deliberate change: {UPDATE}\n" + "\n".join(problems)
 
 
 def test_train_with_two_processes_writes_what_one_process_does(repo):

@@ -57,8 +57,7 @@ def hostile_csv(path: Path) -> Path:
 
 def test_captions_and_flags_are_cleaned():
     assert (
-        clean_caption("<p>Soft <i>piano</i></p> &amp; strings\x00\u200b ")
-        == "Soft piano & strings"
+        clean_caption("<p>Soft <i>piano</i></p> &amp; strings\x00\u200b ") == "Soft piano & strings"
     )
     assert clean_caption("Line one\nline two") == "Line one\nline two"
     assert clean_caption("R&B with a <3 heart") == "R&B with a <3 heart"
