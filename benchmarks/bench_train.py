@@ -16,7 +16,9 @@ the cross-entropy over non-pad labels). tokens/s counts B * K * T codec tokens p
 figure is the median of ``--repeats`` timed steps after ``--warmup`` steps.
 
 It runs on CUDA when present (else the CPU) and prints the device: the GPU's name, or the CPU's
-model, instruction set and thread count.
+model, instruction set and thread count; on CUDA also each model's peak memory allocated (weights,
+gradients, AdamW state, activations). ``--grad-checkpointing`` turns on activation checkpointing
+in both (``train.grad_checkpointing``; Hugging Face's ``activation_checkpointing_enable``).
 
 Usage:
     python benchmarks/bench_train.py                                  # tiny and seed1
@@ -55,8 +57,11 @@ def device_name(device: torch.device) -> str:
     return f"CPU {model}, {isa}, {torch.get_num_threads()} thread(s)"
 
 
-def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``step()`` over ``repeats`` calls after ``warmup`` calls."""
+def time_steps(step, device: torch.device, warmup: int, repeats: int) -> tuple[float, str]:
+    """Median seconds of ``step()`` over ``repeats`` calls after ``warmup`` calls, and on CUDA
+    the peak memory allocated (weights, gradients, optimizer state and activations)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         step()
     times = []
@@ -68,13 +73,20 @@ def time_steps(step, device: torch.device, warmup: int, repeats: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    peak = ""
+    if device.type == "cuda":
+        peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+    return statistics.median(times), peak
 
 
 def bench(preset: str, batch: int, frames: int, precision: str, args, device) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(preset, Path(tmp))
     hf.config._attn_implementation = "sdpa"
+    ours.grad_checkpointing = args.grad_checkpointing
+    if args.grad_checkpointing:
+        enable = getattr(hf, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        (enable or hf.gradient_checkpointing_enable)()
     hf.to(device).train()
     ours.to(device).train()
     amp = autocast_dtype(precision, device)
@@ -105,13 +117,15 @@ def bench(preset: str, batch: int, frames: int, precision: str, args, device) ->
         scalers[1].scale(out.loss).backward()
         optimizer_update(hf, opt_hf, scalers[1], cfg.grad_clip)
 
-    t_ours = time_steps(step_ours, device, args.warmup, args.repeats)
-    t_hf = time_steps(step_hf, device, args.warmup, args.repeats)
+    t_ours, mem_ours = time_steps(step_ours, device, args.warmup, args.repeats)
+    opt_ours.state.clear()  # HF's peak memory without ours' state on the device
+    ours.cpu()
+    t_hf, mem_hf = time_steps(step_hf, device, args.warmup, args.repeats)
     tokens = batch * K * frames
     print(
         f"train {preset:6s} batch {batch:3d}  {frames} frames  {precision}: "
-        f"ours {tokens / t_ours:9.0f} tokens/s ({1000 * t_ours:7.1f} ms/step)  "
-        f"HF {tokens / t_hf:9.0f} tokens/s ({1000 * t_hf:7.1f} ms/step)  "
+        f"ours {tokens / t_ours:9.0f} tokens/s ({1000 * t_ours:7.1f} ms/step{mem_ours})  "
+        f"HF {tokens / t_hf:9.0f} tokens/s ({1000 * t_hf:7.1f} ms/step{mem_hf})  "
         f"ratio {t_hf / t_ours:5.2f}x",
         flush=True,
     )
@@ -127,6 +141,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="activation checkpointing, both models"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
