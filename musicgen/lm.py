@@ -380,6 +380,7 @@ class LM(nn.Module):
             nn.Linear(cfg.d_model, cfg.card, bias=False) for _ in range(cfg.n_codebooks)
         )
         self.apply(self._init_weights)
+        self._kernel_memo: tuple[tuple, LinearKernel] | None = None  # see decoding_kernel
         self.grad_checkpointing = False  # recompute each block in the backward pass (training)
 
     @staticmethod
@@ -512,6 +513,19 @@ class LM(nn.Module):
         logits = torch.stack([head(h[:, inv[k]]) for k, head in enumerate(self.heads)], dim=1)
         return logits, masked_codebook_ce(logits, codes, frame_mask)
 
+    def decoding_kernel(self, weights: str, use_numba: bool) -> LinearKernel:
+        """A :class:`LinearKernel` over this model's weights, kept while they stay the same.
+
+        Storing bf16 / int8 copies of every weight takes ~1 s for ``seed1``, so it is done once,
+        not at every ``generate`` call; a parameter changed in place (its version counter), moved
+        or replaced makes a new one.
+        """
+        stamp = tuple((p.data_ptr(), p._version, p.device) for p in self.parameters())
+        stamp = (weights, use_numba, stamp)
+        if self._kernel_memo is None or self._kernel_memo[0] != stamp:
+            self._kernel_memo = (stamp, LinearKernel(self, weights, use_numba))
+        return self._kernel_memo[1]
+
     def new_cache(
         self,
         batch: int,
@@ -533,7 +547,7 @@ class LM(nn.Module):
         head_dim = cfg.d_model // cfg.n_heads
         kernel = None
         if fast_kernel or weights != "fp32":
-            kernel = LinearKernel(self, weights, use_numba=fast_kernel)
+            kernel = self.decoding_kernel(weights, fast_kernel)
         return KVCache(
             cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
         )

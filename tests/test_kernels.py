@@ -185,3 +185,21 @@ def test_fused_step_is_not_used_with_autograd_or_in_training():
     assert not LinearKernel(model, use_numba=False).handles(torch.zeros(1))
     with pytest.raises(ValueError, match="unknown weight type"):
         LinearKernel(model, "fp16")
+
+
+@torch.no_grad()
+def test_stored_weights_are_made_once_and_remade_when_the_model_changes():
+    model = tiny()
+    kernel = model.decoding_kernel("int8", True)
+    assert model.decoding_kernel("int8", True) is kernel
+    assert model.decoding_kernel("bf16", True) is not kernel
+    cache = model.new_cache(1, 4, torch.device("cpu"), torch.float32, True, weights="bf16")
+    assert cache.kernel is model.decoding_kernel("bf16", True)
+    fc1 = model.layers[0].fc1
+    before = cache.kernel.weight(fc1).data.copy()
+    fc1.weight.mul_(2.0)  # e.g. a training step or load_state_dict
+    kernel = model.decoding_kernel("bf16", True)
+    assert kernel is not cache.kernel
+    assert np.array_equal(
+        kernel.weight(fc1).data, kernel_weight(*quantize(fc1.weight, "bf16")).data
+    ) and not np.array_equal(kernel.weight(fc1).data, before)
