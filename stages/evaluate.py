@@ -22,6 +22,9 @@ def main() -> None:
     ap.add_argument("--per-clip", type=Path, required=True)
     ap.add_argument("--gallery", type=Path, required=True)
     ap.add_argument("--spectrograms", type=Path, required=True)
+    ap.add_argument(
+        "--curves", type=Path, help="the train stage's dvclive folder (the gallery's chart)"
+    )
     args = ap.parse_args()
     evaluation.evaluate(
         load_params(args.params),
@@ -37,6 +40,7 @@ def main() -> None:
         args.per_clip,
         args.gallery,
         args.spectrograms,
+        args.curves,
     )
 
 

@@ -86,6 +86,12 @@ def headline_metrics(metrics: dict, embedders: list[str]) -> dict:
     return out | {k: metrics[k] for k in keys if k in metrics}
 
 
+def gallery_curves(curves: pd.DataFrame) -> pd.DataFrame | None:
+    """The training loss and validation CE of dvclive's curves (both in nats), or None."""
+    columns = [c for c in ("train/loss", "val/ce") if c in curves.columns]
+    return curves[["step", *columns]] if columns else None
+
+
 def write_gallery_outputs(
     params: dict,
     all_params: dict,
@@ -95,6 +101,7 @@ def write_gallery_outputs(
     generated_dir: Path,
     gallery_dir: Path,
     spectrograms_dir: Path,
+    curves: pd.DataFrame | None = None,
 ) -> None:
     """The listening gallery of the first ``gallery_items`` clips and a few spectrogram plots."""
     from musicgen.report.gallery import (
@@ -121,6 +128,7 @@ def write_gallery_outputs(
         metrics=headline_metrics(metrics, params["embedders"]),
         params=gallery_params(all_params),
         items=items,
+        curves=curves,
     )
     spectrograms_dir.mkdir(parents=True, exist_ok=True)
     write_spectrogram_pairs(spectrograms_dir, items[: params["spectrogram_plots"]])
@@ -140,6 +148,7 @@ def evaluate(
     per_clip_path: Path,
     gallery_dir: Path,
     spectrograms_dir: Path,
+    live_dir: Path | None = None,
 ) -> None:
     """The evaluate stage.
 
@@ -148,11 +157,12 @@ def evaluate(
     ``clips_ref``/``clips_gen``) and the FAD∞ fit; ``clap_score`` (and ``clap_score_reference``, the
     real clips' score); per-codebook CE and perplexity of the valid and test splits. Also the
     per-clip table (id, caption, ``fd_<name>`` per multi-window embedder, ``clap``), the gallery
-    and spectrogram plots.
+    (with the training loss and validation CE from the train stage's dvclive folder ``live_dir``,
+    when given) and spectrogram plots.
     """
     from musicgen.device import pick_device
     from musicgen.metrics.clap import clap_scores
-    from musicgen.train import validation_ce
+    from musicgen.train import read_live_curves, validation_ce
 
     params = all_params["evaluate"]
     sample_rate = all_params["resample"]["sample_rate"]
@@ -211,4 +221,5 @@ def evaluate(
         generated_dir,
         gallery_dir,
         spectrograms_dir,
+        gallery_curves(read_live_curves(live_dir)) if live_dir is not None else None,
     )
