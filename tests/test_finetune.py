@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupt import killed_after_first_checkpoint
 from safetensors.torch import load_file
 from transformers import (
     EncodecConfig,
@@ -205,18 +206,8 @@ def test_a_hub_id_that_cannot_be_fetched_says_so(tmp_path):
 
 def interrupt_after_first_checkpoint(monkeypatch, inputs, ckpt: str) -> None:
     """Runs the stage until its first checkpoint is written, then kills it."""
-    import musicgen.train as tr
-
-    real_save = tr.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(tr, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run_stage(inputs, "killed", ckpt)
+    with killed_after_first_checkpoint(monkeypatch):
+        run_stage(inputs, "killed", ckpt)
 
 
 def weights(lm_dir: Path) -> dict[str, torch.Tensor]:
