@@ -172,6 +172,8 @@ def test_the_real_configurations_run_every_stage(tmp_path):
         d.metrics / "eval_per_clip.csv",
         d.root / "reports/gallery",
         d.plots / "spectrograms",
+        d.plots / "train",  # the training curves of the gallery
     )
     metrics = json.loads((d.metrics / "eval.json").read_text())
     assert metrics["fd_clips"] == 2 and np.isfinite(metrics["test_ce"])
+    assert (d.root / "reports/gallery/index.html").is_file()
