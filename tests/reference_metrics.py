@@ -23,20 +23,22 @@ TOLERANCES = [  # (key pattern, absolute, relative): the first that matches appl
     (r"^(clips|filtered|fd_clips|fd_windows|frames|steps|tokens_seen|parameters)", 0.0, 0.0),
     (r"_distinct$|^distinct_mean$", 0.0, 0.05),  # codebook entries in use
     (r"entropy_bits", 0.05, 0.0),  # bits
-    (r"^fd_|^fad_", 0.0, 0.25),  # distances of sampled audio: one differing token changes the rest
+    (r"^(fd|fad|kad)_", 0.0, 0.25),  # distances of sampled audio: one token changes the rest
+    (r"^clap_score$", 0.05, 0.0),  # cosine similarity of sampled audio and its caption
     (r"ppl", 0.0, 0.03),  # exp(CE): 0.02 nats are 2 %
     (r"train_loss", 0.05, 0.0),  # the loss of one batch
     (r"ce|entropy", 0.02, 0.0),  # nats
 ]
-DEFAULT = (0.0, 0.02)  # any other number
+DEFAULT = (0.0, 0.02)  # any other float
 
 
-def tolerance(key: str) -> tuple[float, float]:
-    """(absolute, relative) tolerance of a metric, by its name (of a nested one, the last part)."""
+def tolerance(key: str, value: float = 0.0) -> tuple[float, float]:
+    """(absolute, relative) tolerance of a metric, by its name (of a nested one, the last part);
+    one that no pattern names is exact if it is an integer (a count), else :data:`DEFAULT`."""
     for pattern, absolute, relative in TOLERANCES:
         if re.search(pattern, key.rsplit("/", 1)[-1]):
             return absolute, relative
-    return DEFAULT
+    return (0.0, 0.0) if isinstance(value, int) else DEFAULT
 
 
 def committed_metrics(repo: Path) -> dict[str, dict]:
@@ -87,7 +89,7 @@ def out_of_tolerance(measured: dict[str, dict], reference: dict[str, dict]) -> l
                 if a != b:
                     problems.append(f"{where}: {a!r} != {b!r}")
                 continue
-            absolute, relative = tolerance(key)
+            absolute, relative = tolerance(key, b)
             if not math.isclose(a, b, abs_tol=absolute, rel_tol=relative):
                 problems.append(
                     f"{where}: {a:.6g} vs reference {b:.6g} (allowed: abs {absolute:g}, rel {relative:g})"
