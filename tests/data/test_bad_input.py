@@ -21,6 +21,7 @@ from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
 from ruamel.yaml import YAML
 from test_download import FAST
 
+from musicgen.data.folder import FolderConfig, import_folder
 from musicgen.data.musiccaps import read_musiccaps
 from musicgen.data.tables import clean_caption, parse_bool
 from musicgen.params import load_params
@@ -323,3 +324,16 @@ def test_the_pipeline_survives_a_hostile_folder(tmp_path):
     captions = metadata["caption"]
     assert captions[by_file.at["take 0.wav", "ytid"]] == "Soft piano & strings"
     assert captions[by_file.at["NA.wav", "ytid"]].endswith("NA.wav")
+
+
+def test_manifest_paths_outside_the_folder_or_unusable_are_invalid(tmp_path):
+    (tmp_path / "m.csv").write_text(
+        'file,caption\n"a\x00b.wav",x\n../../etc/passwd,y\n/etc/hostname,z\n'
+    )
+    tables = import_folder(FolderConfig(str(tmp_path), "m.csv"), tmp_path / "out", False)
+    assert tables.status["reason"].tolist() == [
+        "m.csv row 2, file: not a usable path (embedded null byte)",
+        "m.csv row 3, file: outside the folder",
+        "m.csv row 4, file: outside the folder",
+    ]
+    assert not list((tmp_path / "out").iterdir())
