@@ -332,8 +332,14 @@ def test_manifest_paths_outside_the_folder_or_unusable_are_invalid(tmp_path):
     )
     tables = import_folder(FolderConfig(str(tmp_path), "m.csv"), tmp_path / "out", False)
     assert tables.status["reason"].tolist() == [
-        "m.csv row 2, file: not a usable path (embedded null byte)",
+        "m.csv row 2, file: not a usable path (a NUL byte)",
         "m.csv row 3, file: outside the folder",
         "m.csv row 4, file: outside the folder",
     ]
     assert not list((tmp_path / "out").iterdir())
+    write_clip(tmp_path / "elsewhere", "x.wav", None)  # a link to music kept elsewhere is fine
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "linked.wav").symlink_to(tmp_path / "elsewhere" / "x.wav")
+    (tmp_path / "music" / "linked.txt").write_text("A linked file.")
+    tables = import_folder(FolderConfig(str(tmp_path / "music")), tmp_path / "out", False)
+    assert tables.status["status"].tolist() == ["ok"]
