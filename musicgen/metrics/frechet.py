@@ -90,6 +90,9 @@ class FadInf:
     ns: list[int]
 
 
+FAD_INF_MIN_EMBEDDINGS = 4  # two sample sizes of at least 2 embeddings each
+
+
 def fad_inf(
     mu: np.ndarray,
     sigma: np.ndarray,
@@ -119,8 +122,8 @@ def fad_inf(
     x = np.asarray(embeddings, dtype=np.float64)
     n_max = len(x)
     low = min(min_n, n_max // 2)
-    if low < 2:
-        raise ValueError(f"FAD∞ needs at least 4 embeddings, got {n_max}")
+    if n_max < FAD_INF_MIN_EMBEDDINGS:
+        raise ValueError(f"FAD∞ needs at least {FAD_INF_MIN_EMBEDDINGS} embeddings, got {n_max}")
     ns = sorted({int(n) for n in np.linspace(low, n_max, steps)})
     rng, root = np.random.default_rng(seed), sqrtm_psd(sigma)
     fads = np.array(

@@ -8,6 +8,7 @@ cross-entropy and perplexity, and the listening gallery.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from musicgen.metrics import embedders as E
 from musicgen.params import write_json
 from musicgen.pipeline.common import AUDIO, read_split
 from musicgen.pipeline.references import CAPTIONS, REFERENCE_SUMMARY, load_npz
+
+log = logging.getLogger(__name__)
 
 
 def loudness_normalised(clips: np.ndarray, target_db: float, peak_db: float) -> np.ndarray:
@@ -41,12 +44,29 @@ def score_embedder(
     Returns:
         the metrics and each clip's own Fréchet distance (None with one embedding per clip).
     """
-    from musicgen.metrics.frechet import fad_inf, frechet_distance, gaussian, per_clip_fd
+    from musicgen.metrics.frechet import (
+        FAD_INF_MIN_EMBEDDINGS,
+        fad_inf,
+        frechet_distance,
+        gaussian,
+        per_clip_fd,
+    )
     from musicgen.metrics.kad import KadReference, kad
 
     flat = generated.reshape(-1, generated.shape[-1])
     mu, cov = reference["mu"], reference["cov"]
-    inf = fad_inf(mu, cov, flat, **fad_inf_params)
+    fit = {}
+    if len(flat) >= FAD_INF_MIN_EMBEDDINGS:
+        inf = fad_inf(mu, cov, flat, **fad_inf_params)
+        fit = {
+            "fad_inf_intercept": inf.intercept,
+            "fad_inf_slope": inf.slope,
+            "fad_inf_r2": inf.r2,
+            "fad_inf_n_min": inf.ns[0],
+            "fad_inf_n_max": inf.ns[-1],
+        }
+    else:  # e.g. CLAP (one embedding per clip) on a handful of clips: FAD∞ is left out, said why
+        log.warning("FAD∞ left out: %d embeddings, it needs %d", len(flat), FAD_INF_MIN_EMBEDDINGS)
     ref_kad = KadReference(
         reference["embeddings"].reshape(-1, flat.shape[1]),
         float(reference["kad_bandwidth"]),
@@ -54,12 +74,8 @@ def score_embedder(
     )
     metrics = {
         "fad": frechet_distance(mu, cov, *gaussian(flat)),
-        "fad_inf": inf.value,
-        "fad_inf_intercept": inf.intercept,
-        "fad_inf_slope": inf.slope,
-        "fad_inf_r2": inf.r2,
-        "fad_inf_n_min": inf.ns[0],
-        "fad_inf_n_max": inf.ns[-1],
+        "fad_inf": inf.value if fit else None,  # null: too few embeddings
+        **fit,
         "kad": kad(ref_kad, flat),
         "kad_bandwidth": ref_kad.bandwidth,
         "n_ref": int(ref_kad.embeddings.shape[0]),

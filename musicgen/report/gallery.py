@@ -164,7 +164,10 @@ def gallery_params(params: dict, keys: tuple[str, ...] = GALLERY_PARAMS) -> dict
 
 
 def format_value(value: object) -> str:
-    """A metric or param as short text: floats to 4 significant digits, the rest as str."""
+    """A metric or param as short text: floats to 4 significant digits, None (a metric left
+    out) as "n/a", the rest as str."""
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
