@@ -102,6 +102,17 @@ def test_train_with_two_processes_writes_what_one_process_does(repo):
     shutil.rmtree(repo / "data/checkpoint")
 
 
+def test_the_gallery_dvc_wrote_opens_in_chromium(repo, tmp_path):
+    """The gallery of the embedded default's run, served on localhost and from the file system."""
+    from report.browsercheck import open_gallery
+
+    gallery = repo / "reports/gallery"
+    assert (gallery / "images/curves.png").is_file()  # the chart of dvclive's curves
+    with open_gallery(gallery / "index.html", tmp_path) as (page, _log):
+        assert page.locator("audio").count() == 2 * 6  # reference and generated per clip
+        assert "Training curves" in page.content()
+
+
 def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
     reference = digest(repo / "data/reference")
     out = run(["dvc", "exp", "run", "-S", "train.lr=5.0e-3"], repo)
