@@ -92,7 +92,8 @@ def count(preset: str, b: int, frames: int, precision: str, checkpointing: bool)
     which do not grow with the batch).
     """
     cfg = lm_config(preset)
-    params = sum(p.numel() for p in LM(cfg).parameters())
+    with torch.device("meta"):  # sizes only: no memory
+        params = sum(p.numel() for p in LM(cfg).parameters())
     c = saved_by_layers_and_batch(preset, frames, precision)
     per_block_sample = (c[2, 2] - c[1, 2]) - (c[2, 1] - c[1, 1])  # grows with the batch
     per_block_fixed = (c[2, 1] - c[1, 1]) - per_block_sample  # cast weights of one block
