@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupt import killed_after_first_checkpoint
 from safetensors.torch import load_file, save_file
 
 from musicgen.data.store import CodesAndText, load_tokens, save_text, save_tokens
@@ -95,18 +96,8 @@ def test_training_beats_step_zero_and_token_frequencies(dataset):
 
 def interrupt_after_first_checkpoint(monkeypatch, data, card, ckpt_dir, run_hash, live_dir=None):
     """Runs training until its first checkpoint is written, then kills it."""
-    import musicgen.train as tr
-
-    real_save = tr.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(tr, "save_checkpoint", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            train(lm(card), data, data, config(steps=20), ckpt_dir, run_hash, False, live_dir)
+    with killed_after_first_checkpoint(monkeypatch):
+        train(lm(card), data, data, config(steps=20), ckpt_dir, run_hash, False, live_dir)
 
 
 def test_resumed_run_equals_uninterrupted_run(dataset, monkeypatch):
