@@ -41,20 +41,20 @@ import torch.nn.functional as F
 try:
     from llvmlite import ir
     from numba import njit, types
-    from numba.extending import intrinsic, overload
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     njit = None
 
 WEIGHT_TYPES = ("fp32", "bf16", "int8")  # how linear weights are stored for decoding
-TILE = 8  # weight rows widened and multiplied by all input rows at a time
 BLAS_ROWS = 64  # LinearKernel: more rows (a prompt chunk) in float32 go to BLAS, which wins there
 
 
 class Weight(NamedTuple):
     """A linear weight as the kernels read it: stored values and a scale per output channel."""
 
-    data: np.ndarray  # (O, I) float32, uint16 (bf16 bits) or int8
-    scale: np.ndarray  # (O,) float32: the float value of row o is data[o] * scale[o]
+    data: np.ndarray  # (P, I, PANEL) float32, uint16 (bf16 bits) or int8, packed (see pack)
+    scale: np.ndarray  # (O,) float32: the float value of output o is its stored row * scale[o]
 
 
 def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,135 +87,200 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return data.float() * scale[:, None] if data.dtype == torch.int8 else data.float()
 
 
+def _layout() -> tuple[int, int]:
+    """(panel width, row block) for this machine's vector registers (see :data:`PANEL`).
+
+    With AVX-512 (32 registers of 16 floats): panels of 32 outputs and 8 rows, i.e. 16 running
+    sums of 16 lanes plus 2 weight vectors and a broadcast. Elsewhere (AVX2, 16 registers of 8
+    floats; arm64 NEON, 32 of 4): 16 outputs and 4 rows, which fit those registers too. A numba
+    target set by ``NUMBA_CPU_NAME`` gets the portable layout.
+    """
+    try:
+        from numba.core.config import CPU_NAME
+        from llvmlite.binding import get_host_cpu_features
+
+        wide = CPU_NAME in (None, "", "host") and bool(get_host_cpu_features().get("avx512f"))
+    except Exception:  # pragma: no cover - without numba the layout is never used
+        wide = False
+    return (32, 8) if wide else (16, 4)
+
+
+PANEL, ROW_BLOCK = _layout()  # outputs per packed panel; input rows per register block
+K_BLOCK = 256  # inputs per pass over a panel: 256 x 32 floats (32 KB) stay in L1 for all rows
+
+
+def pack(data: np.ndarray) -> np.ndarray:
+    """A stored weight (O, I) in the kernels' layout: (ceil(O / PANEL), I, PANEL), zero-padded.
+
+    Panel p holds outputs ``p * PANEL ...`` for every input, input by input, so a pass over the
+    weight reads memory in order and every load feeds PANEL outputs.
+    """
+    n_out, n_in = data.shape
+    n_panels = -(-n_out // PANEL)
+    padded = np.zeros((n_panels * PANEL, n_in), dtype=data.dtype)
+    padded[:n_out] = data
+    return np.ascontiguousarray(padded.reshape(n_panels, PANEL, n_in).transpose(0, 2, 1))
+
+
+def unpack(w: Weight) -> np.ndarray:
+    """The stored values (O, I) of a packed :class:`Weight` (the inverse of :func:`pack`)."""
+    n_panels, n_in, width = w.data.shape
+    return w.data.transpose(0, 2, 1).reshape(n_panels * width, n_in)[: len(w.scale)]
+
+
 def kernel_weight(data: torch.Tensor, scale: torch.Tensor) -> Weight:
-    """Numpy views of a stored CPU weight for the kernels (bfloat16 as its uint16 bits)."""
+    """A stored CPU weight (see :func:`quantize`) packed for the kernels (bfloat16 as uint16)."""
     if data.dtype == torch.bfloat16:
-        return Weight(data.view(torch.int16).numpy().view(np.uint16), scale.numpy())
-    return Weight(data.numpy(), scale.numpy())
+        values = data.view(torch.int16).numpy().view(np.uint16)
+    else:
+        values = data.numpy()
+    return Weight(pack(values), np.ascontiguousarray(scale.numpy()))
 
 
-def _to_f32(v):
-    """A stored weight element as float32 (unscaled); numba implementations below."""
-    raise NotImplementedError  # pragma: no cover - only called from jitted code
+def _block_kernel(rows: int):
+    """An LLVM kernel for ``rows`` input rows and one panel: ``out[r, :PANEL] += x[r] @ panel``.
+
+    Written in LLVM IR with vectors of PANEL floats, so that the sums stay in registers for the
+    whole pass (``rows`` vectors, updated by fused multiply-adds), each panel row is loaded once
+    (and widened: bf16 by a shift, int8 by a conversion) and each x element is broadcast once.
+    LLVM splits the vectors into the machine's registers (AVX-512, AVX2, NEON).
+
+    Arguments (in the jitted caller): the packed weight (P, I, PANEL), the flat index of its first
+    element to read, n (inputs to sum over), x (M, I) float32 and the flat index of x[r0, i0], its
+    row stride, out (M, O) float32 and the flat index of out[r0, c0], its row stride.
+    """
+
+    @intrinsic
+    def block(typingctx, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):
+        sig = types.void(panel, types.intp, types.intp, x, types.intp, types.intp, out,
+                         types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):  # pragma: no cover - runs when compiled
+            panel_t, x_t, out_t = signature.args[0], signature.args[3], signature.args[6]
+            panel_a, start, n, x_a, x_at, x_stride, out_a, out_at, out_stride = args
+            i64, f32 = ir.IntType(64), ir.FloatType()
+            vec = ir.VectorType(f32, PANEL)
+            w_ptr = context.make_array(panel_t)(context, builder, panel_a).data
+            x_ptr = context.make_array(x_t)(context, builder, x_a).data
+            out_ptr = context.make_array(out_t)(context, builder, out_a).data
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{PANEL}f32"
+            )
+            kind = panel_t.dtype
+            stored = ir.VectorType(context.get_data_type(kind), PANEL)
+
+            def row_ptr(r):
+                at = builder.add(out_at, builder.mul(out_stride, ir.Constant(i64, r)))
+                return builder.bitcast(builder.gep(out_ptr, [at]), vec.as_pointer())
+
+            sums = [builder.load(row_ptr(r), align=4) for r in range(rows)]
+            entry = builder.block
+            loop = builder.append_basic_block("panel.loop")
+            done = builder.append_basic_block("panel.done")
+            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+            builder.position_at_end(loop)
+            i = builder.phi(i64)
+            i.add_incoming(ir.Constant(i64, 0), entry)
+            phis = []
+            for s in sums:
+                phis.append(builder.phi(vec))
+                phis[-1].add_incoming(s, entry)
+            at = builder.add(start, builder.mul(i, ir.Constant(i64, PANEL)))
+            raw = builder.load(
+                builder.bitcast(builder.gep(w_ptr, [at]), stored.as_pointer()), align=1
+            )
+            if kind == types.float32:
+                w = raw
+            elif kind == types.uint16:  # bf16 bits: the high half of a float32
+                wide = ir.VectorType(ir.IntType(32), PANEL)
+                w = builder.bitcast(
+                    builder.shl(builder.zext(raw, wide), ir.Constant(wide, [16] * PANEL)), vec
+                )
+            else:  # int8
+                w = builder.sitofp(raw, vec)
+            zeros = ir.Constant(ir.VectorType(ir.IntType(32), PANEL), [0] * PANEL)
+            new = []
+            for r in range(rows):
+                x_i = builder.add(builder.add(x_at, builder.mul(x_stride, ir.Constant(i64, r))), i)
+                one = builder.insert_element(
+                    ir.Constant(vec, ir.Undefined),
+                    builder.load(builder.gep(x_ptr, [x_i]), align=4),
+                    ir.Constant(ir.IntType(32), 0),
+                )
+                lanes = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+                new.append(builder.call(fma, [lanes, w, phis[r]]))
+            after = builder.add(i, ir.Constant(i64, 1))
+            i.add_incoming(after, builder.block)
+            for phi, value in zip(phis, new):
+                phi.add_incoming(value, builder.block)
+            builder.cbranch(builder.icmp_signed("<", after, n), loop, done)
+            builder.position_at_end(done)
+            finals = [builder.phi(vec) for _ in range(rows)]  # phis first, then the stores
+            for r, final in enumerate(finals):
+                final.add_incoming(sums[r], entry)
+                final.add_incoming(new[r], loop)
+            for r, final in enumerate(finals):
+                builder.store(final, row_ptr(r), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
 
 
 if njit is not None:
-
-    @intrinsic
-    def _f32_bits(typingctx, u):  # pragma: no cover - jitted
-        """The float32 whose bits are the uint32 ``u`` (a free reinterpretation in LLVM)."""
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.uint32), codegen
-
-    @overload(_to_f32)
-    def _to_f32_typed(v):  # pragma: no cover - jitted
-        """float32: itself; uint16 (bf16 bits): shifted into a float32's high half; int8: cast."""
-        if v == types.float32:
-            return lambda v: v
-        if v == types.uint16:
-            return lambda v: _f32_bits(np.uint32(v) << np.uint32(16))
-        return lambda v: np.float32(v)
+    _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8 = (_block_kernel(r) for r in range(1, 9))
 
 
-def _store4(out, r, j, a0, a1, a2, a3, scale) -> None:  # pragma: no cover - jitted
-    """out[r, j : j + 4] = the 4 sums, scaled per output channel."""
-    out[r, j], out[r, j + 1] = a0 * scale[j], a1 * scale[j + 1]
-    out[r, j + 2], out[r, j + 3] = a2 * scale[j + 2], a3 * scale[j + 3]
-
-
-def _rows4(x, m, rows, t, lo, scale, out) -> int:  # pragma: no cover - jitted
-    """out[m : m + rows, lo + o] for the tile t (n, I), 4 outputs x 4 rows at a time (rows 3-4;
-    a missing 4th row reads row 3 again and is not written). Returns the outputs done."""
-    n, n_in = t.shape
-    x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + rows - 1]
-    o = 0
-    while o + 4 <= n:
-        t0, t1, t2, t3 = t[o], t[o + 1], t[o + 2], t[o + 3]
-        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-        a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
-        for i in range(n_in):
-            p, q, r, s = _to_f32(t0[i]), _to_f32(t1[i]), _to_f32(t2[i]), _to_f32(t3[i])
-            u0, u1, u2, u3 = x0[i], x1[i], x2[i], x3[i]
-            a00, a01, a02, a03 = a00 + u0 * p, a01 + u0 * q, a02 + u0 * r, a03 + u0 * s
-            a10, a11, a12, a13 = a10 + u1 * p, a11 + u1 * q, a12 + u1 * r, a13 + u1 * s
-            a20, a21, a22, a23 = a20 + u2 * p, a21 + u2 * q, a22 + u2 * r, a23 + u2 * s
-            a30, a31, a32, a33 = a30 + u3 * p, a31 + u3 * q, a32 + u3 * r, a33 + u3 * s
-        _store4(out, m, lo + o, a00, a01, a02, a03, scale)
-        _store4(out, m + 1, lo + o, a10, a11, a12, a13, scale)
-        _store4(out, m + 2, lo + o, a20, a21, a22, a23, scale)
-        if rows == 4:
-            _store4(out, m + 3, lo + o, a30, a31, a32, a33, scale)
-        o += 4
-    return o
-
-
-def _rows2(x, m, t, lo, scale, out) -> int:  # pragma: no cover - jitted
-    """out[m : m + 2, lo + o] for the tile t (n, I), 4 outputs x 2 rows at a time."""
-    n, n_in = t.shape
-    x0, x1 = x[m], x[m + 1]
-    o = 0
-    while o + 4 <= n:
-        t0, t1, t2, t3 = t[o], t[o + 1], t[o + 2], t[o + 3]
-        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-        for i in range(n_in):
-            p, q, r, s = _to_f32(t0[i]), _to_f32(t1[i]), _to_f32(t2[i]), _to_f32(t3[i])
-            u0, u1 = x0[i], x1[i]
-            a00, a01, a02, a03 = a00 + u0 * p, a01 + u0 * q, a02 + u0 * r, a03 + u0 * s
-            a10, a11, a12, a13 = a10 + u1 * p, a11 + u1 * q, a12 + u1 * r, a13 + u1 * s
-        _store4(out, m, lo + o, a00, a01, a02, a03, scale)
-        _store4(out, m + 1, lo + o, a10, a11, a12, a13, scale)
-        o += 4
-    return o
-
-
-def _rows1(x, m, t, lo, scale, out) -> int:  # pragma: no cover - jitted
-    """out[m, lo + o] for the tile t (n, I), 4 outputs at a time."""
-    n, n_in = t.shape
-    x0 = x[m]
-    o = 0
-    while o + 4 <= n:
-        t0, t1, t2, t3 = t[o], t[o + 1], t[o + 2], t[o + 3]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for i in range(n_in):
-            u = x0[i]
-            a0, a1 = a0 + u * _to_f32(t0[i]), a1 + u * _to_f32(t1[i])
-            a2, a3 = a2 + u * _to_f32(t2[i]), a3 + u * _to_f32(t3[i])
-        _store4(out, m, lo + o, a0, a1, a2, a3, scale)
-        o += 4
-    return o
+def _rows(rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):  # pragma: no cover
+    """The block kernel of ``rows`` (1 to 8) rows; see :func:`_block_kernel`."""
+    a = (panel, start, n, x, x_at, x_stride, out, out_at, out_stride)
+    if rows == 8:
+        _b8(*a)
+    elif rows == 4:
+        _b4(*a)
+    elif rows == 2:
+        _b2(*a)
+    elif rows == 1:
+        _b1(*a)
+    elif rows == 3:
+        _b3(*a)
+    elif rows == 5:
+        _b5(*a)
+    elif rows == 6:
+        _b6(*a)
+    else:
+        _b7(*a)
 
 
 def _matmul(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no cover - jitted
-    """out (M, O) = x (M, I) @ (w.data * w.scale[:, None]).T for any M, each weight read once.
+    """out (M, O) = x (M, I) @ (stored weight * scale).T for any M, each weight read once.
 
-    The weight goes in tiles of :data:`TILE` rows (widened to float32 if stored in fewer bytes);
-    each tile meets all input rows, 4 (or 2, or 1) at a time, while it sits in cache.
+    x and out are C-contiguous. Panel by panel (PANEL outputs), in passes of K_BLOCK inputs that
+    stay in L1, every block of ROW_BLOCK rows adds its sums (:func:`_block_kernel`); a last, partial
+    panel goes through a scratch of full panel width.
     """
     data, scale = w
     M, n_in = x.shape
-    n_out = data.shape[0]
-    for lo in range(0, n_out, TILE):
-        hi = min(lo + TILE, n_out)
-        t = data[lo:hi]
-        m = 0
-        while m < M:
-            rows = min(4, M - m)
-            if rows >= 3:
-                done = _rows4(x, m, rows, t, lo, scale, out)
-            elif rows == 2:
-                done = _rows2(x, m, t, lo, scale, out)
-            else:
-                done = _rows1(x, m, t, lo, scale, out)
-            for j in range(done, hi - lo):  # the tile's last few outputs, one at a time
-                for r in range(m, m + rows):
-                    acc = np.float32(0.0)
-                    for i in range(n_in):
-                        acc += x[r, i] * _to_f32(t[j, i])
-                    out[r, lo + j] = acc * scale[lo + j]
-            m += rows
+    n_out = out.shape[1]
+    out[:] = 0.0
+    tail = np.zeros((M, PANEL), dtype=np.float32)
+    for p in range(data.shape[0]):
+        c0 = p * PANEL
+        ragged = c0 + PANEL > n_out
+        target = tail if ragged else out
+        stride, col = (PANEL, 0) if ragged else (n_out, c0)
+        for k0 in range(0, n_in, K_BLOCK):
+            n = min(K_BLOCK, n_in - k0)
+            for m in range(0, M, ROW_BLOCK):
+                rows = min(ROW_BLOCK, M - m)
+                at = (p * n_in + k0) * PANEL
+                _rows(rows, data, at, n, x, m * n_in + k0, n_in, target, m * stride + col, stride)
+        if ragged:
+            out[:, c0:] = tail[:, : n_out - c0]
+    for m in range(M):
+        for o in range(n_out):
+            out[m, o] *= scale[o]
 
 
 def _jit(fn):
@@ -343,7 +408,7 @@ def _decoder_layer_step(
     y[:n_cond] += t[:n_cond]
     # feed-forward with the exact (erf) GELU
     _layer_norm(y, norm3_w, norm3_b, eps, h)
-    f = np.empty((M, fc1_w.data.shape[0]), dtype=np.float32)
+    f = np.empty((M, fc1_w.scale.shape[0]), dtype=np.float32)
     _matmul(h, fc1_w, f)
     for m in range(M):
         for i in range(f.shape[1]):
@@ -354,10 +419,7 @@ def _decoder_layer_step(
     return y
 
 
-_store4 = _jit(_store4)
-_rows4 = _jit(_rows4)
-_rows2 = _jit(_rows2)
-_rows1 = _jit(_rows1)
+_rows = _jit(_rows)
 _matmul = _jit(_matmul)
 _layer_norm = _jit(_layer_norm)
 _attend = _jit(_attend)
@@ -416,7 +478,7 @@ def decoder_layer_step(x: np.ndarray, pos: int, n_cond: int, arrays: LayerArrays
 
 def matmul(x: np.ndarray, w: Weight) -> np.ndarray:
     """x (M, I) float32 @ the stored weight's float value (O, I).T -> (M, O), by :func:`_matmul`."""
-    out = np.empty((x.shape[0], w.data.shape[0]), dtype=np.float32)
+    out = np.empty((x.shape[0], w.scale.shape[0]), dtype=np.float32)
     _matmul(np.ascontiguousarray(x), w, out)
     return out
 
@@ -484,4 +546,4 @@ class LinearKernel:
         y = torch.from_numpy(matmul(x.reshape(rows, n_in).numpy(), weight))
         if layer.bias is not None:
             y += layer.bias
-        return y.view(*x.shape[:-1], weight.data.shape[0])
+        return y.view(*x.shape[:-1], weight.scale.shape[0])

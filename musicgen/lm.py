@@ -380,7 +380,7 @@ class LM(nn.Module):
             nn.Linear(cfg.d_model, cfg.card, bias=False) for _ in range(cfg.n_codebooks)
         )
         self.apply(self._init_weights)
-        self._kernel_memo: tuple[tuple, LinearKernel] | None = None  # see decoding_kernel
+        self._kernel_memo: tuple[tuple, dict] | None = None  # see decoding_kernel
         self.grad_checkpointing = False  # recompute each block in the backward pass (training)
 
     @staticmethod
@@ -516,15 +516,17 @@ class LM(nn.Module):
     def decoding_kernel(self, weights: str, use_numba: bool) -> LinearKernel:
         """A :class:`LinearKernel` over this model's weights, kept while they stay the same.
 
-        Storing bf16 / int8 copies of every weight takes ~1 s for ``seed1``, so it is done once,
-        not at every ``generate`` call; a parameter changed in place (its version counter), moved
-        or replaced makes a new one.
+        Packing (and for bf16 / int8 converting) every weight takes ~1 s for ``seed1``, so it is
+        done once per weight type, not at every ``generate`` call; a parameter changed in place
+        (its version counter), moved or replaced drops them all.
         """
         stamp = tuple((p.data_ptr(), p._version, p.device) for p in self.parameters())
-        stamp = (weights, use_numba, stamp)
         if self._kernel_memo is None or self._kernel_memo[0] != stamp:
-            self._kernel_memo = (stamp, LinearKernel(self, weights, use_numba))
-        return self._kernel_memo[1]
+            self._kernel_memo = (stamp, {})
+        kernels = self._kernel_memo[1]
+        if (weights, use_numba) not in kernels:
+            kernels[weights, use_numba] = LinearKernel(self, weights, use_numba)
+        return kernels[weights, use_numba]
 
     def new_cache(
         self,

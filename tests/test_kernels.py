@@ -5,12 +5,14 @@ import torch
 from musicgen.generate import teacher_forced
 from musicgen.kernels import (
     WEIGHT_TYPES,
+    PANEL,
     LinearKernel,
     dequantize,
     kernel_available,
     kernel_weight,
     matmul,
     quantize,
+    unpack,
 )
 from musicgen.lm import LM, LMConfig, null_condition
 
@@ -28,13 +30,19 @@ def tiny():
 
 
 @pytest.mark.parametrize("weights", WEIGHT_TYPES)
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 33])
-def test_kernel_equals_matmul_with_the_stored_weight(rows, weights):
-    """Any row count (row blocks of 4, 2, 1; output tiles with a ragged end), any stored type."""
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 17, 33])
+@pytest.mark.parametrize("n_out, n_in", [(37, 300), (64, 70)])
+def test_kernel_equals_matmul_with_the_stored_weight(rows, weights, n_out, n_in):
+    """Any row count (full and partial row blocks of both layouts), inputs in one or two K_BLOCK
+    passes, outputs filling their panels or ending in a ragged one, any stored type."""
     g = torch.Generator().manual_seed(rows)
-    x, w = torch.randn(rows, 70, generator=g), torch.randn(37, 70, generator=g)
+    x, w = torch.randn(rows, n_in, generator=g), torch.randn(n_out, n_in, generator=g)
     data, scale = quantize(w, weights)
-    out = matmul(x.numpy(), kernel_weight(data, scale))
+    packed = kernel_weight(data, scale)
+    assert packed.data.shape == (-(-n_out // PANEL), n_in, PANEL)
+    stored = data.view(torch.int16).numpy().view(np.uint16) if weights == "bf16" else data.numpy()
+    assert np.array_equal(unpack(packed), stored)
+    out = matmul(x.numpy(), packed)
     assert torch.allclose(torch.from_numpy(out), x @ dequantize(data, scale).T, atol=1e-4)
 
 
@@ -50,7 +58,7 @@ def test_quantize_rounding_bounds():
     data, scale = quantize(w, "int8")
     assert data.dtype == torch.int8 and data.abs().max() == 127 and scale[3] == 1
     assert torch.all((dequantize(data, scale) - w).abs() <= scale[:, None] / 2 + 1e-7)
-    bits = kernel_weight(*quantize(w, "bf16")).data
+    bits = unpack(kernel_weight(*quantize(w, "bf16")))
     assert bits.dtype == np.uint16 and np.array_equal(
         (bits.astype(np.uint32) << 16).view(np.float32), w.to(torch.bfloat16).float().numpy()
     )
@@ -201,5 +209,5 @@ def test_stored_weights_are_made_once_and_remade_when_the_model_changes():
     kernel = model.decoding_kernel("bf16", True)
     assert kernel is not cache.kernel
     assert np.array_equal(
-        kernel.weight(fc1).data, kernel_weight(*quantize(fc1.weight, "bf16")).data
+        unpack(kernel.weight(fc1)), unpack(kernel_weight(*quantize(fc1.weight, "bf16")))
     ) and not np.array_equal(kernel.weight(fc1).data, before)
