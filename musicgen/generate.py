@@ -33,7 +33,8 @@ def sample_next(
         return logits.argmax(dim=-1)
     logits = logits.float() / cfg.temperature
     if 0 < cfg.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        # the k-th largest logit (kthvalue counts from the smallest; the same value as topk's last)
+        kth = torch.kthvalue(logits, logits.shape[-1] - cfg.top_k + 1, dim=-1, keepdim=True).values
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p > 0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)

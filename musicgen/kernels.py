@@ -31,7 +31,6 @@ exact GELU, residuals), so that a step costs ~one numba call per layer instead o
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -40,8 +39,9 @@ import torch.nn.functional as F
 
 try:
     from llvmlite import ir
-    from numba import njit, types
+    from numba import get_num_threads, njit, prange, set_num_threads, types
     from numba.core import cgutils
+    from numba.core.config import NUMBA_NUM_THREADS
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     njit = None
@@ -96,8 +96,8 @@ def _layout() -> tuple[int, int]:
     target set by ``NUMBA_CPU_NAME`` gets the portable layout.
     """
     try:
-        from numba.core.config import CPU_NAME
         from llvmlite.binding import get_host_cpu_features
+        from numba.core.config import CPU_NAME
 
         wide = CPU_NAME in (None, "", "host") and bool(get_host_cpu_features().get("avx512f"))
     except Exception:  # pragma: no cover - without numba the layout is never used
@@ -107,6 +107,7 @@ def _layout() -> tuple[int, int]:
 
 PANEL, ROW_BLOCK = _layout()  # outputs per packed panel; input rows per register block
 K_BLOCK = 256  # inputs per pass over a panel: 256 x 32 floats (32 KB) stay in L1 for all rows
+PREFETCH = 2048  # bytes of weight asked for ahead of the block kernel's loads (see _block_kernel)
 
 
 def pack(data: np.ndarray) -> np.ndarray:
@@ -152,8 +153,9 @@ def _block_kernel(rows: int):
 
     @intrinsic
     def block(typingctx, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):
-        sig = types.void(panel, types.intp, types.intp, x, types.intp, types.intp, out,
-                         types.intp, types.intp)
+        sig = types.void(
+            panel, types.intp, types.intp, x, types.intp, types.intp, out, types.intp, types.intp
+        )
 
         def codegen(context, builder, signature, args):  # pragma: no cover - runs when compiled
             panel_t, x_t, out_t = signature.args[0], signature.args[3], signature.args[6]
@@ -165,6 +167,12 @@ def _block_kernel(rows: int):
             out_ptr = context.make_array(out_t)(context, builder, out_a).data
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{PANEL}f32"
+            )
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            prefetch = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0",
             )
             kind = panel_t.dtype
             stored = ir.VectorType(context.get_data_type(kind), PANEL)
@@ -198,6 +206,15 @@ def _block_kernel(rows: int):
                 )
             else:  # int8
                 w = builder.sitofp(raw, vec)
+            # ask for the weight PREFETCH bytes ahead (in order in the packed layout), a cache
+            # line at a time, so that memory keeps streaming while the sums are computed
+            row_bytes = PANEL * context.get_abi_sizeof(context.get_data_type(kind))
+            byte = builder.bitcast(builder.gep(w_ptr, [at]), ir.IntType(8).as_pointer())
+            for line in range(0, row_bytes, 64):
+                ahead = builder.gep(byte, [ir.Constant(i64, PREFETCH + line)])
+                builder.call(
+                    prefetch, [ahead, *(ir.Constant(ir.IntType(32), a) for a in (0, 3, 1))]
+                )
             zeros = ir.Constant(ir.VectorType(ir.IntType(32), PANEL), [0] * PANEL)
             new = []
             for r in range(rows):
@@ -211,7 +228,7 @@ def _block_kernel(rows: int):
                 new.append(builder.call(fma, [lanes, w, phis[r]]))
             after = builder.add(i, ir.Constant(i64, 1))
             i.add_incoming(after, builder.block)
-            for phi, value in zip(phis, new):
+            for phi, value in zip(phis, new, strict=True):
                 phi.add_incoming(value, builder.block)
             builder.cbranch(builder.icmp_signed("<", after, n), loop, done)
             builder.position_at_end(done)
@@ -253,6 +270,32 @@ def _rows(rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):  #
         _b7(*a)
 
 
+def _panel(x: np.ndarray, w: Weight, out: np.ndarray, p: int) -> None:  # pragma: no cover
+    """Adds panel ``p``'s outputs to out (M, O) (see :func:`_matmul`)."""
+    data = w.data
+    M, n_in = x.shape
+    n_out = out.shape[1]
+    c0 = p * PANEL
+    ragged = c0 + PANEL > n_out  # the last panel of an output count that PANEL does not divide
+    target = np.zeros((M, PANEL), dtype=np.float32) if ragged else out
+    stride, col = (PANEL, 0) if ragged else (n_out, c0)
+    for k0 in range(0, n_in, K_BLOCK):
+        n = min(K_BLOCK, n_in - k0)
+        for m in range(0, M, ROW_BLOCK):
+            rows = min(ROW_BLOCK, M - m)
+            at = (p * n_in + k0) * PANEL
+            _rows(rows, data, at, n, x, m * n_in + k0, n_in, target, m * stride + col, stride)
+    if ragged:
+        out[:, c0:] = target[:, : n_out - c0]
+
+
+def _scale(out: np.ndarray, scale: np.ndarray) -> None:  # pragma: no cover - jitted
+    """out (M, O) *= scale (O,), the per-channel scale of an int8 weight (ones otherwise)."""
+    for m in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            out[m, o] *= scale[o]
+
+
 def _matmul(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no cover - jitted
     """out (M, O) = x (M, I) @ (stored weight * scale).T for any M, each weight read once.
 
@@ -260,32 +303,34 @@ def _matmul(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no co
     stay in L1, every block of ROW_BLOCK rows adds its sums (:func:`_block_kernel`); a last, partial
     panel goes through a scratch of full panel width.
     """
-    data, scale = w
-    M, n_in = x.shape
-    n_out = out.shape[1]
     out[:] = 0.0
-    tail = np.zeros((M, PANEL), dtype=np.float32)
-    for p in range(data.shape[0]):
-        c0 = p * PANEL
-        ragged = c0 + PANEL > n_out
-        target = tail if ragged else out
-        stride, col = (PANEL, 0) if ragged else (n_out, c0)
-        for k0 in range(0, n_in, K_BLOCK):
-            n = min(K_BLOCK, n_in - k0)
-            for m in range(0, M, ROW_BLOCK):
-                rows = min(ROW_BLOCK, M - m)
-                at = (p * n_in + k0) * PANEL
-                _rows(rows, data, at, n, x, m * n_in + k0, n_in, target, m * stride + col, stride)
-        if ragged:
-            out[:, c0:] = tail[:, : n_out - c0]
-    for m in range(M):
-        for o in range(n_out):
-            out[m, o] *= scale[o]
+    for p in range(w.data.shape[0]):
+        _panel(x, w, out, p)
+    _scale(out, w.scale)
 
 
-def _jit(fn):
+def _matmul_threads(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no cover
+    """:func:`_matmul` with the panels shared among numba's threads (each a contiguous range, so
+    each thread streams its own part of the weight); the same sums in the same order."""
+    out[:] = 0.0
+    for p in prange(w.data.shape[0]):
+        _panel(x, w, out, p)
+    _scale(out, w.scale)
+
+
+def _mm(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:  # pragma: no cover
+    """:func:`_matmul_threads` with more than one thread, else :func:`_matmul`."""
+    if threads > 1:
+        _matmul_threads(x, w, out)
+    else:
+        _matmul(x, w, out)
+
+
+def _jit(fn, parallel: bool = False):
     """``fn`` compiled by numba (fastmath, cached on disk), or None without numba."""
-    return njit(fastmath=True, cache=True, nogil=True, boundscheck=False)(fn) if njit else None
+    if njit is None:
+        return None
+    return njit(fastmath=True, cache=True, nogil=True, boundscheck=False, parallel=parallel)(fn)
 
 
 def _layer_norm(
@@ -355,10 +400,41 @@ def _attend(
                 out[m, h * hd + d] = acc[d] / total
 
 
+def _erf(x: np.float32) -> np.float32:  # pragma: no cover - jitted
+    """erf(x) for float32 x with no call, branch or table, so that loops over it vectorise.
+
+    erf(v) ~= v * P(v^2) / Q(v^2) with v = x clamped to [-3.925, 3.925] (where float32 erf is
+    +-1; NaN may come out as +-3.925's value), P and Q of degree 5 from ``scripts/fit_erf.py`` (a
+    Loeffler-Lawson fit towards the minimax rational, 1.6e-8 in float64). The sums are in float64:
+    float32 Horner sums lose ~5 ulps near erf = 1 (3.2-3.8e-7). Max |error| against float64
+    ``math.erf`` over a dense float32 grid on [-6, 6] and huge, tiny and +-0 inputs: 4.6e-8
+    (0.4 float32 ulp of 1). ``np.divide``: ``/`` would check for a zero divisor (Q >= 1 here),
+    which stops LLVM vectorising.
+    """
+    v = min(max(np.float64(x), -3.925), 3.925)
+    t = v * v
+    p, q = 2.0308545689042727e-06, 3.803121333755253e-05  # Horner, t^5 first
+    p, q = p * t + 0.00028749056895498073, q * t + 0.001189743694597858
+    p, q = p * t + 0.0038763098896427294, q * t + 0.01518832130878378
+    p, q = p * t + 0.05308429274200452, q * t + 0.1151673373213271
+    p, q = p * t + 0.192972321124176, q * t + 0.5043489047840048
+    p, q = p * t + 1.1283790197830803, q * t + 1.0
+    return np.float32(np.divide(v * p, q))
+
+
+def _gelu(f: np.ndarray) -> None:  # pragma: no cover - jitted
+    """f (M, F) float32 = GELU(f) in place, the exact (erf) form: f * (1 + erf(f / sqrt 2)) / 2."""
+    for m in range(f.shape[0]):
+        for i in range(f.shape[1]):
+            u = f[m, i]
+            f[m, i] = np.float32(0.5) * u * (np.float32(1.0) + _erf(u * np.float32(0.70710677)))
+
+
 def _decoder_layer_step(
     x: np.ndarray,
     pos: int,
     n_cond: int,
+    threads: int,
     eps: float,
     norm1_w: np.ndarray,
     norm1_b: np.ndarray,
@@ -391,38 +467,41 @@ def _decoder_layer_step(
     a = np.empty_like(x)
     # causal self-attention: this step's keys and values join the cache at `pos`
     _layer_norm(y, norm1_w, norm1_b, eps, h)
-    _matmul(h, q_w, q)
+    _mm(h, q_w, q, threads)
     for w, cache in ((k_w, k_cache), (v_w, v_cache)):
-        _matmul(h, w, t)
+        _mm(h, w, t, threads)
         for m in range(M):
             for j in range(H):
                 cache[m, j, pos] = t[m, j * hd : (j + 1) * hd]
     _attend(q, k_cache, v_cache, self_mask, pos + 1, a)
-    _matmul(a, out_w, t)
+    _mm(a, out_w, t, threads)
     y += t
     # cross-attention of the conditioned rows (the null rows' output is exactly zero)
     _layer_norm(y[:n_cond], norm2_w, norm2_b, eps, h[:n_cond])
-    _matmul(h[:n_cond], cross_q_w, q[:n_cond])
+    _mm(h[:n_cond], cross_q_w, q[:n_cond], threads)
     _attend(q[:n_cond], cross_k, cross_v, cross_mask, cross_k.shape[2], a[:n_cond])
-    _matmul(a[:n_cond], cross_out_w, t[:n_cond])
+    _mm(a[:n_cond], cross_out_w, t[:n_cond], threads)
     y[:n_cond] += t[:n_cond]
     # feed-forward with the exact (erf) GELU
     _layer_norm(y, norm3_w, norm3_b, eps, h)
     f = np.empty((M, fc1_w.scale.shape[0]), dtype=np.float32)
-    _matmul(h, fc1_w, f)
-    for m in range(M):
-        for i in range(f.shape[1]):
-            u = f[m, i]
-            f[m, i] = np.float32(0.5) * u * np.float32(1.0 + math.erf(u * 0.7071067811865476))
-    _matmul(f, fc2_w, t)
+    _mm(h, fc1_w, f, threads)
+    _gelu(f)
+    _mm(f, fc2_w, t, threads)
     y += t
     return y
 
 
 _rows = _jit(_rows)
+_panel = _jit(_panel)
+_scale = _jit(_scale)
 _matmul = _jit(_matmul)
+_matmul_threads = _jit(_matmul_threads, parallel=True)
+_mm = _jit(_mm)
 _layer_norm = _jit(_layer_norm)
 _attend = _jit(_attend)
+_erf = _jit(_erf)
+_gelu = _jit(_gelu)
 _decoder_layer_step = _jit(_decoder_layer_step)
 
 
@@ -473,14 +552,30 @@ def decoder_layer_step(x: np.ndarray, pos: int, n_cond: int, arrays: LayerArrays
     Returns:
         (B, D) float32, the layer's output.
     """
-    return _decoder_layer_step(x, pos, n_cond, *arrays)
+    return _decoder_layer_step(x, pos, n_cond, kernel_threads(), *arrays)
 
 
 def matmul(x: np.ndarray, w: Weight) -> np.ndarray:
     """x (M, I) float32 @ the stored weight's float value (O, I).T -> (M, O), by :func:`_matmul`."""
     out = np.empty((x.shape[0], w.scale.shape[0]), dtype=np.float32)
-    _matmul(np.ascontiguousarray(x), w, out)
+    _mm(np.ascontiguousarray(x), w, out, kernel_threads())
     return out
+
+
+def kernel_threads() -> int:
+    """Threads for the kernels: torch's intra-op count (``torch.set_num_threads``,
+    ``OMP_NUM_THREADS``), at most numba's pool; numba's count is set to it.
+
+    Numba's OpenMP threading layer, when it starts, sets OpenMP's count to its whole pool, which
+    torch reads as its own; torch's count is put back.
+    """
+    wanted = torch.get_num_threads()
+    threads = max(1, min(wanted, NUMBA_NUM_THREADS))
+    if get_num_threads() != threads:
+        set_num_threads(threads)
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+    return threads
 
 
 def kernel_available() -> bool:
