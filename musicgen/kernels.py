@@ -31,6 +31,7 @@ exact GELU, residuals), so that a step costs ~one numba call per layer instead o
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -107,7 +108,7 @@ def _layout() -> tuple[int, int]:
 
 PANEL, ROW_BLOCK = _layout()  # outputs per packed panel; input rows per register block
 K_BLOCK = 256  # inputs per pass over a panel: 256 x 32 floats (32 KB) stay in L1 for all rows
-PREFETCH = 2048  # bytes of weight asked for ahead of the block kernel's loads (see _block_kernel)
+PREFETCH = 4096  # bytes of weight asked for ahead of the block kernel's loads (see _block_kernel)
 
 
 def pack(data: np.ndarray) -> np.ndarray:
@@ -206,11 +207,13 @@ def _block_kernel(rows: int):
                 )
             else:  # int8
                 w = builder.sitofp(raw, vec)
-            # ask for the weight PREFETCH bytes ahead (in order in the packed layout), a cache
-            # line at a time, so that memory keeps streaming while the sums are computed
+            # With 4 rows or more (compute and memory about even), ask for the weight PREFETCH
+            # bytes ahead (in order in the packed layout), a cache line at a time, so that memory
+            # keeps streaming while the sums are computed; with fewer the hardware's prefetcher
+            # does better alone (measured: -5 % at 2 rows, +5 % at 8).
             row_bytes = PANEL * context.get_abi_sizeof(context.get_data_type(kind))
             byte = builder.bitcast(builder.gep(w_ptr, [at]), ir.IntType(8).as_pointer())
-            for line in range(0, row_bytes, 64):
+            for line in range(0, row_bytes if rows >= 4 else 0, 64):
                 ahead = builder.gep(byte, [ir.Constant(i64, PREFETCH + line)])
                 builder.call(
                     prefetch, [ahead, *(ir.Constant(ir.IntType(32), a) for a in (0, 3, 1))]
@@ -567,15 +570,22 @@ def kernel_threads() -> int:
     ``OMP_NUM_THREADS``), at most numba's pool; numba's count is set to it.
 
     Numba's OpenMP threading layer, when it starts, sets OpenMP's count to its whole pool, which
-    torch reads as its own; torch's count is put back.
+    torch reads as its own; torch's count is put back. Numba's count is per calling thread and
+    asking for it costs ~10 us, so what was last set is remembered per thread.
     """
     wanted = torch.get_num_threads()
+    if getattr(_threads_set, "wanted", None) == wanted:
+        return _threads_set.threads
     threads = max(1, min(wanted, NUMBA_NUM_THREADS))
     if get_num_threads() != threads:
         set_num_threads(threads)
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
+    _threads_set.wanted, _threads_set.threads = wanted, threads
     return threads
+
+
+_threads_set = threading.local()  # per thread: torch's count last seen and numba's count set
 
 
 def kernel_available() -> bool:
