@@ -15,9 +15,8 @@ script exits with status 1 otherwise). The logit error of a type is its largest 
 logit| over every held-out position, relative to the standard deviation of the fp32 logits (the
 measure of ``tests/test_kernels.py::test_bf16_and_int8_logit_error_and_held_out_ce``); its top-1
 agreement, the share of held-out positions whose argmax is fp32's (one step's flips, without the
-divergence that follows a flip in generation). Both are the worst over the splits. A
-teacher-forced chunk has more than ``kernels.BLAS_ROWS`` rows, so fp32 runs in torch on both paths;
-bf16 and int8 run the numba kernels.
+divergence that follows a flip in generation). Both are the worst over the splits. Every type,
+fp32 included, runs the numba kernels on the numba path, at any number of rows.
 
 Greedy agreement: the first ``--captions`` validation captions, ``--frames`` frames (default: the
 clip length), greedy (temperature 0) with guidance ``--cfg-coef``, generated in one batch with each

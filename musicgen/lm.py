@@ -106,11 +106,15 @@ class KVCache:
         dtype: torch.dtype,
         kernel: LinearKernel | None = None,
         n_cond: int | None = None,
+        zeroed: bool = True,
     ):
         shape = (batch, n_heads, max_len, head_dim)
         self.kernel, self.n_cond = kernel, n_cond
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        # Steps not yet written are read only by the static step (masked, but 0 * NaN is NaN);
+        # the dynamic paths read the written steps alone, so their cache need not be zeroed.
+        new = torch.zeros if zeroed else torch.empty
+        self.k = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.length = 0  # steps written so far
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
         self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
@@ -551,7 +555,16 @@ class LM(nn.Module):
         if fast_kernel or weights != "fp32":
             kernel = self.decoding_kernel(weights, fast_kernel)
         return KVCache(
-            cfg.n_layers, batch, cfg.n_heads, head_dim, max_len, device, dtype, kernel, n_cond
+            cfg.n_layers,
+            batch,
+            cfg.n_heads,
+            head_dim,
+            max_len,
+            device,
+            dtype,
+            kernel,
+            n_cond,
+            zeroed=not fast_kernel,  # the numba step reads written steps only (StaticStep: none)
         )
 
 
