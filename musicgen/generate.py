@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from musicgen.kernels import kernel_available, sample_top_k
 from musicgen.lm import LM, KVCache, masked_codebook_ce, null_condition
 from musicgen.patterns import Pattern
 
@@ -19,9 +20,15 @@ class SamplingConfig:
 
 
 def sample_next(
-    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator | None,
+    use_numba: bool = True,
 ) -> torch.Tensor:
     """Draws one token per row.
+
+    On the CPU without top-p, :func:`musicgen.kernels.sample_top_k` draws (the same uniforms, the
+    same rule; ``use_numba=False`` runs torch, the path of other devices).
 
     Args:
         logits: (N, card).
@@ -31,6 +38,11 @@ def sample_next(
     """
     if cfg.temperature <= 0:
         return logits.argmax(dim=-1)
+    if use_numba and cfg.top_p <= 0 and logits.device.type == "cpu" and kernel_available():
+        # the same draw in numba: the same uniforms from the generator, ~5x less time at 64 rows
+        u = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64)
+        tokens = sample_top_k(logits.float().numpy(), cfg.temperature, cfg.top_k, u.numpy())
+        return torch.from_numpy(tokens)
     logits = logits.float() / cfg.temperature
     if 0 < cfg.top_k < logits.shape[-1]:
         # the k-th largest logit (kthvalue counts from the smallest; the same value as topk's last)

@@ -329,6 +329,84 @@ def _mm(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:  # pra
         _matmul(x, w, out)
 
 
+def _kth_largest(v: np.ndarray, k: int) -> np.float32:  # pragma: no cover - jitted
+    """The k-th largest of v (V,) float32 (1 <= k <= V; no NaN), by radix selection.
+
+    Floats map to unsigned keys in the same order; one pass counts the top 8 bits of every key and
+    keeps the keys in the bucket where the k-th largest lies (a few dozen of ~2000 logits), and
+    three more passes over those settle the other 24 bits.
+    """
+    keys = np.empty(v.shape[0], dtype=np.uint32)
+    bits = v.view(np.uint32)
+    for i in range(v.shape[0]):
+        b = bits[i]
+        keys[i] = ~b if b >> np.uint32(31) else b | np.uint32(0x80000000)
+    hist = np.empty(256, dtype=np.int64)
+    n, left = v.shape[0], k
+    for shift in (24, 16, 8, 0):
+        hist[:] = 0
+        for i in range(n):
+            hist[(keys[i] >> np.uint32(shift)) & np.uint32(255)] += 1
+        digit = 255
+        while hist[digit] < left:  # from the top bucket down to the one holding the k-th
+            left -= hist[digit]
+            digit -= 1
+        kept = 0
+        for i in range(n):
+            if (keys[i] >> np.uint32(shift)) & np.uint32(255) == digit:
+                keys[kept] = keys[i]
+                kept += 1
+        n = kept
+    key = keys[0]  # all n survivors are equal now
+    b = key & np.uint32(0x7FFFFFFF) if key >> np.uint32(31) else ~key
+    return np.array([b], dtype=np.uint32).view(np.float32)[0]
+
+
+def _sample_top_k(
+    logits: np.ndarray, temperature: float, top_k: int, u: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - jitted
+    """out[r] = a token drawn from softmax(logits[r] / temperature) restricted to its top_k.
+
+    What ``musicgen.generate.sample_next`` does in torch (the logits below the k-th largest
+    dropped, ties kept; the inverse CDF of the rest at ``u[r] * total``, the first index whose
+    cumulative sum exceeds it), with one radix selection (:func:`_kth_largest`) and one exp per
+    kept logit, in float64.
+
+    Args:
+        logits: (N, V) float32. temperature: > 0. top_k: 0 or >= V keeps every token.
+        u: (N,) float64 uniforms in [0, 1), one per row. out: (N,) int64.
+    """
+    N, V = logits.shape
+    t = np.float32(temperature)
+    weight = np.empty(V, dtype=np.float64)
+    index = np.empty(V, dtype=np.int64)
+    for r in range(N):
+        v = logits[r] / t
+        kth = _kth_largest(v, top_k) if 0 < top_k < V else np.float32(-np.inf)
+        top = v.max()
+        n, total = 0, 0.0
+        for i in range(V):
+            if v[i] >= kth:
+                weight[n] = np.exp(np.float64(v[i] - top))
+                index[n] = i
+                total += weight[n]
+                n += 1
+        target, cum, pick = u[r] * total, 0.0, index[n - 1]
+        for j in range(n):
+            cum += weight[j]
+            if cum > target:
+                pick = index[j]
+                break
+        out[r] = pick
+
+
+def sample_top_k(logits: np.ndarray, temperature: float, top_k: int, u: np.ndarray) -> np.ndarray:
+    """(N,) int64 tokens drawn from (N, V) float32 logits by :func:`_sample_top_k`."""
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    _sample_top_k(np.ascontiguousarray(logits), temperature, top_k, u.reshape(-1), out)
+    return out
+
+
 def _jit(fn, parallel: bool = False):
     """``fn`` compiled by numba (fastmath, cached on disk), or None without numba."""
     if njit is None:
@@ -496,6 +574,8 @@ def _decoder_layer_step(
 
 
 _rows = _jit(_rows)
+_kth_largest = _jit(_kth_largest)
+_sample_top_k = _jit(_sample_top_k)
 _panel = _jit(_panel)
 _scale = _jit(_scale)
 _matmul = _jit(_matmul)

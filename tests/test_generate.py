@@ -146,6 +146,20 @@ def test_sampled_continuation_is_seeded():
     assert torch.equal(a[:, :, :3], prompt) and torch.equal(c[:, :, :3], prompt)
 
 
+@pytest.mark.parametrize("top_k, temperature", [(50, 0.8), (0, 1.0), (1, 1.0)])
+def test_numba_sampling_draws_what_torch_draws(top_k, temperature):
+    """The CPU sampler (numba) and the torch path draw the same tokens from the same generator."""
+    logits = 3 * torch.randn(600, 2048, generator=torch.Generator().manual_seed(1))
+    cfg = SamplingConfig(top_k=top_k, temperature=temperature)
+    ours = sample_next(logits, cfg, torch.Generator().manual_seed(2))
+    ref = sample_next(logits, cfg, torch.Generator().manual_seed(2), use_numba=False)
+    assert ours.dtype == ref.dtype == torch.int64
+    assert torch.equal(ours, ref)
+    if top_k:
+        kth = torch.topk(logits, top_k).values[:, -1]
+        assert torch.all(logits.gather(1, ours[:, None])[:, 0] >= kth)
+
+
 def test_draw_follows_the_probabilities():
     probs = torch.tensor([[0.1, 0.0, 0.2, 0.7]]).expand(20000, -1)
     tokens = draw(probs, torch.Generator().manual_seed(0))

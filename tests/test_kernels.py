@@ -281,3 +281,16 @@ def test_portable_layout_on_an_avx2_target(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "portable layout ok" in done.stdout
+
+
+def test_kth_largest_is_the_value_topk_gives():
+    from musicgen.kernels import _kth_largest
+
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(2048, generator=g) * 4, torch.randn(300, generator=g) - 50.0]
+    rows.append(torch.tensor([1.0, -0.0, 0.0, -2.0, 1.0, 3.0, -1e-30, 1e-30]))  # ties, signed zeros
+    rows.append(torch.full((64,), 7.0))
+    for row in rows:
+        for k in (1, 2, 5, len(row) // 2, len(row)):
+            want = torch.topk(row, k).values[-1]
+            assert _kth_largest(row.numpy(), k) == want, (len(row), k)
