@@ -110,17 +110,27 @@ K_BLOCK = 1024  # inputs per pass over a panel: 1024 x 32 floats (128 KB) stay i
 PREFETCH = K_BLOCK * PANEL * 4  # bytes ahead that the block kernel asks for: one fp32 pass
 
 
-def pack(data: np.ndarray) -> np.ndarray:
-    """A stored weight (O, I) in the kernels' layout: (ceil(O / PANEL), I, PANEL), zero-padded.
+def packed_shape(n_out: int, n_in: int) -> tuple[int, int, int]:
+    """The packed layout's shape of an (O, I) weight: (ceil(O / PANEL), I, PANEL)."""
+    return -(-n_out // PANEL), n_in, PANEL
+
+
+def pack(data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A stored weight (O, I) in the kernels' layout (:func:`packed_shape`), zero-padded.
 
     Panel p holds outputs ``p * PANEL ...`` for every input, input by input, so a pass over the
-    weight reads memory in order and every load feeds PANEL outputs.
+    weight reads memory in order and every load feeds PANEL outputs. Written into ``out`` (of that
+    shape and data's dtype) if given.
     """
     n_out, n_in = data.shape
-    n_panels = -(-n_out // PANEL)
-    padded = np.zeros((n_panels * PANEL, n_in), dtype=data.dtype)
-    padded[:n_out] = data
-    return np.ascontiguousarray(padded.reshape(n_panels, PANEL, n_in).transpose(0, 2, 1))
+    shape = packed_shape(n_out, n_in)
+    out = np.empty(shape, dtype=data.dtype) if out is None else out
+    full = n_out // PANEL
+    out[:full] = data[: full * PANEL].reshape(full, PANEL, n_in).transpose(0, 2, 1)
+    if full < shape[0]:  # a ragged last panel: the missing outputs are zero
+        out[full:] = 0
+        out[full, :, : n_out - full * PANEL] = data[full * PANEL :].T
+    return out
 
 
 def unpack(w: Weight) -> np.ndarray:
@@ -129,13 +139,41 @@ def unpack(w: Weight) -> np.ndarray:
     return w.data.transpose(0, 2, 1).reshape(n_panels * width, n_in)[: len(w.scale)]
 
 
+def _numpy(data: torch.Tensor) -> np.ndarray:
+    """A stored CPU weight as numpy (bfloat16 as its uint16 bits)."""
+    if data.dtype == torch.bfloat16:
+        return data.view(torch.int16).numpy().view(np.uint16)
+    return data.numpy()
+
+
+def kernel_weights(stored: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Weight]:
+    """Stored CPU weights (see :func:`quantize`, one type) packed for the kernels, back to back.
+
+    They share one buffer, in the given order, each starting on a 64-byte line: a decoding step
+    that reads them in that order streams one region of memory (which numpy asks the kernel to
+    back with 2 MB pages), not dozens of separate 4-8 MB arrays, each with its own TLB misses
+    (measured on the project's Zen 4, 84 weights of 4 MB at 2 rows: +5-25 %).
+    """
+    values = [_numpy(data) for data, _ in stored]
+    if not values:
+        return []
+    dtype, align = values[0].dtype, 64 // values[0].itemsize
+    starts, end = [], 0
+    for v in values:
+        starts.append(end)
+        end += -(-int(np.prod(packed_shape(*v.shape))) // align) * align
+    buffer = np.empty(end, dtype=dtype)
+    weights = []
+    for v, start, (_, scale) in zip(values, starts, stored, strict=True):
+        shape = packed_shape(*v.shape)
+        view = buffer[start : start + int(np.prod(shape))].reshape(shape)
+        weights.append(Weight(pack(v, view), np.ascontiguousarray(scale.numpy())))
+    return weights
+
+
 def kernel_weight(data: torch.Tensor, scale: torch.Tensor) -> Weight:
     """A stored CPU weight (see :func:`quantize`) packed for the kernels (bfloat16 as uint16)."""
-    if data.dtype == torch.bfloat16:
-        values = data.view(torch.int16).numpy().view(np.uint16)
-    else:
-        values = data.numpy()
-    return Weight(pack(values), np.ascontiguousarray(scale.numpy()))
+    return kernel_weights([(data, scale)])[0]
 
 
 def _block_kernel(rows: int):
@@ -697,13 +735,15 @@ class LinearKernel:
         self.weights = weights
         self.use_numba = use_numba and kernel_available()
         self._stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._arrays: dict[int, Weight] = {}
         for layer in model.modules():
             if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.float32:
-                data, scale = quantize(layer.weight, weights)
-                self._stored[id(layer)] = data, scale
-                if self.use_numba and data.device.type == "cpu":
-                    self._arrays[id(layer)] = kernel_weight(data, scale)
+                self._stored[id(layer)] = quantize(layer.weight, weights)
+        # packed back to back in the modules' order (a layer's projections in the order a step
+        # reads them, then the next layer's)
+        served = [key for key, (data, _) in self._stored.items() if data.device.type == "cpu"]
+        served = served if self.use_numba else []
+        packed = kernel_weights([self._stored[key] for key in served])
+        self._arrays: dict[int, Weight] = dict(zip(served, packed, strict=True))
 
     def weight(self, layer: torch.nn.Linear) -> Weight | None:
         """The kernels' view of ``layer``'s stored weight, or None if they do not serve it."""
