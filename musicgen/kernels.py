@@ -552,65 +552,50 @@ def _gelu(f: np.ndarray) -> None:  # pragma: no cover - jitted
 
 
 def _decoder_layer_step(
-    x: np.ndarray,
-    pos: int,
-    n_cond: int,
-    threads: int,
-    eps: float,
-    norm1_w: np.ndarray,
-    norm1_b: np.ndarray,
-    q_w: Weight,
-    k_w: Weight,
-    v_w: Weight,
-    out_w: Weight,
-    k_cache: np.ndarray,
-    v_cache: np.ndarray,
-    self_mask: np.ndarray,
-    norm2_w: np.ndarray,
-    norm2_b: np.ndarray,
-    cross_q_w: Weight,
-    cross_out_w: Weight,
-    cross_k: np.ndarray,
-    cross_v: np.ndarray,
-    cross_mask: np.ndarray,
-    norm3_w: np.ndarray,
-    norm3_b: np.ndarray,
-    fc1_w: Weight,
-    fc2_w: Weight,
+    x: np.ndarray, pos: int, n_cond: int, threads: int, L: LayerArrays
 ) -> np.ndarray:  # pragma: no cover - jitted
-    """One pre-norm decoder layer on one new step; see :class:`LayerArrays` for the arguments."""
+    """One pre-norm decoder layer on one new step; L holds its parameters and caches."""
     M = x.shape[0]
-    H, hd = k_cache.shape[1], k_cache.shape[3]
+    H, hd = L.k_cache.shape[1], L.k_cache.shape[3]
     y = x.copy()
     h = np.empty_like(x)
     q = np.empty_like(x)
     t = np.empty_like(x)
     a = np.empty_like(x)
     # causal self-attention: this step's keys and values join the cache at `pos`
-    _layer_norm(y, norm1_w, norm1_b, eps, h)
-    _mm(h, q_w, q, threads)
-    for w, cache in ((k_w, k_cache), (v_w, v_cache)):
+    _layer_norm(y, L.norm1_w, L.norm1_b, L.eps, h)
+    _mm(h, L.q_w, q, threads)
+    for w, cache in ((L.k_w, L.k_cache), (L.v_w, L.v_cache)):
         _mm(h, w, t, threads)
         for m in range(M):
             for j in range(H):
                 cache[m, j, pos] = t[m, j * hd : (j + 1) * hd]
-    _attend(q, k_cache, v_cache, self_mask, pos + 1, a)
-    _mm(a, out_w, t, threads)
+    _attend(q, L.k_cache, L.v_cache, L.self_mask, pos + 1, a)
+    _mm(a, L.out_w, t, threads)
     y += t
     # cross-attention of the conditioned rows (the null rows' output is exactly zero)
-    _layer_norm(y[:n_cond], norm2_w, norm2_b, eps, h[:n_cond])
-    _mm(h[:n_cond], cross_q_w, q[:n_cond], threads)
-    _attend(q[:n_cond], cross_k, cross_v, cross_mask, cross_k.shape[2], a[:n_cond])
-    _mm(a[:n_cond], cross_out_w, t[:n_cond], threads)
+    _layer_norm(y[:n_cond], L.norm2_w, L.norm2_b, L.eps, h[:n_cond])
+    _mm(h[:n_cond], L.cross_q_w, q[:n_cond], threads)
+    _attend(q[:n_cond], L.cross_k, L.cross_v, L.cross_mask, L.cross_k.shape[2], a[:n_cond])
+    _mm(a[:n_cond], L.cross_out_w, t[:n_cond], threads)
     y[:n_cond] += t[:n_cond]
     # feed-forward with the exact (erf) GELU
-    _layer_norm(y, norm3_w, norm3_b, eps, h)
-    f = np.empty((M, fc1_w.scale.shape[0]), dtype=np.float32)
-    _mm(h, fc1_w, f, threads)
+    _layer_norm(y, L.norm3_w, L.norm3_b, L.eps, h)
+    f = np.empty((M, L.fc1_w.scale.shape[0]), dtype=np.float32)
+    _mm(h, L.fc1_w, f, threads)
     _gelu(f)
-    _mm(f, fc2_w, t, threads)
+    _mm(f, L.fc2_w, t, threads)
     y += t
     return y
+
+
+def _decoder_steps(
+    x: np.ndarray, pos: int, n_cond: int, threads: int, layers
+) -> np.ndarray:  # pragma: no cover - jitted
+    """Every layer (a numba typed list of :class:`LayerArrays`) on one new step, in one call."""
+    for L in layers:
+        x = _decoder_layer_step(x, pos, n_cond, threads, L)
+    return x
 
 
 _rows = _jit(_rows)
@@ -626,6 +611,7 @@ _attend = _jit(_attend)
 _erf = _jit(_erf)
 _gelu = _jit(_gelu)
 _decoder_layer_step = _jit(_decoder_layer_step)
+_decoder_steps = _jit(_decoder_steps)
 
 
 class LayerArrays(NamedTuple):
@@ -675,7 +661,24 @@ def decoder_layer_step(x: np.ndarray, pos: int, n_cond: int, arrays: LayerArrays
     Returns:
         (B, D) float32, the layer's output.
     """
-    return _decoder_layer_step(x, pos, n_cond, kernel_threads(), *arrays)
+    return _decoder_layer_step(x, pos, n_cond, kernel_threads(), arrays)
+
+
+def layer_list(arrays: list[LayerArrays]):
+    """The layers' arrays as the numba typed list that :func:`decoder_steps` takes (made once)."""
+    from numba.typed import List
+
+    return List(arrays)
+
+
+def decoder_steps(x: np.ndarray, pos: int, n_cond: int, layers) -> np.ndarray:
+    """Every layer on one new step in one numba call: :func:`decoder_layer_step` in turn, without
+    a return to Python between layers (``layers`` from :func:`layer_list`).
+
+    Returns:
+        (B, D) float32, the last layer's output.
+    """
+    return _decoder_steps(x, pos, n_cond, kernel_threads(), layers)
 
 
 def matmul(x: np.ndarray, w: Weight) -> np.ndarray:

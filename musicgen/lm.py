@@ -21,7 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from musicgen.kernels import LayerArrays, LinearKernel, decoder_layer_step
+from musicgen.kernels import (
+    LayerArrays,
+    LinearKernel,
+    decoder_layer_step,
+    decoder_steps,
+    layer_list,
+)
 from musicgen.patterns import Pattern, make_pattern
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -119,6 +125,7 @@ class KVCache:
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
         self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
         self.layer_arrays: list[LayerArrays | None] = []  # per layer, for the fused step
+        self.fused = None  # all of layer_arrays as a numba typed list, see LM.fused_layers
         self.fused_steps = 0
         self.positions: torch.Tensor | None = None  # (max_len, D) sinusoidal, see LM.embed_steps
         # (1,) int64: when set, a single new step is written and read at this position (a tensor,
@@ -461,6 +468,14 @@ class LM(nn.Module):
             (B, S, D) hidden states.
         """
         x = self.embed_steps(seq, cache.length if cache is not None else 0, cache)
+        layers = self.fused_layers(x, cache)
+        if layers is not None:  # every layer in one numba call (see Block.forward)
+            n_cond = x.shape[0] if cache.n_cond is None else cache.n_cond
+            h = x.reshape(x.shape[0], -1).contiguous().numpy()
+            x = torch.from_numpy(decoder_steps(h, cache.length, n_cond, layers)).unsqueeze(1)
+            cache.fused_steps += len(self.layers)
+            cache.length += 1
+            return self.norm(x)
         for i, layer in enumerate(self.layers):
             if self.grad_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, memory, memory_mask, use_reentrant=False)
@@ -469,6 +484,29 @@ class LM(nn.Module):
         if cache is not None:
             cache.length += seq.shape[2]
         return self.norm(x)
+
+    def fused_layers(self, x: torch.Tensor, cache: KVCache | None):
+        """The typed list of every layer's arrays for one new step (x (B, 1, D)), or None.
+
+        None unless the cache has a kernel that handles x, the step is a single new position at
+        no tensor position, the model is in eval mode and every layer already made its arrays (on
+        the first step, which runs layer by layer: ``Block.step_arrays``).
+        """
+        if (
+            cache is None
+            or cache.kernel is None
+            or x.shape[1] != 1
+            or self.training
+            or cache.position is not None
+            or not cache.kernel.handles(x)
+        ):
+            return None
+        if cache.fused is None:
+            arrays = cache.layer_arrays
+            if len(arrays) < len(self.layers) or any(a is None for a in arrays):
+                return None
+            cache.fused = layer_list(arrays[: len(self.layers)])
+        return cache.fused
 
     def decode_steps(
         self,
