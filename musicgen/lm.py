@@ -97,8 +97,9 @@ class KVCache:
 
     With a kernel, a step of one new position runs each layer in numba
     (:func:`musicgen.kernels.decoder_layer_step`, see ``Block.forward``) on numpy views of the
-    layer's parameters and of this cache, kept in ``layer_arrays``; ``fused_steps`` counts those
-    layer steps.
+    layer's parameters and of this cache, kept in ``layer_arrays``; from the second step on, all
+    layers in one call (``fused``, see ``LM.fused_layers``). ``fused_steps`` counts those layer
+    steps.
     """
 
     def __init__(
