@@ -22,6 +22,7 @@ rate. Each case prints the floor and our and Hugging Face's distance to it (time
 
 Quality of fewer bytes: for each ``--weights`` other than fp32, the greedy tokens (batch 1) are
 compared with fp32's over the whole run. Held-out cross-entropy of a trained model with each type:
+``benchmarks/weights_quality.py`` (a run of the pipeline) and
 ``tests/test_kernels.py::test_bf16_and_int8_logit_error_and_held_out_ce``.
 
 On CUDA (when present, or ``--device cuda``) both run on the GPU: ours with its static step in a
@@ -329,7 +330,9 @@ def main() -> None:
     parser.add_argument("--weights", nargs="*", default=list(WEIGHT_TYPES), choices=WEIGHT_TYPES)
     parser.add_argument("--frames", type=int, default=100, help="codec frames (50 per second)")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after a warm-up")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (ours: numba threads too)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-floor", action="store_true", help="skip measuring the machine")
     args = parser.parse_args()
