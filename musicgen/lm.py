@@ -133,6 +133,21 @@ class KVCache:
         # so the step's ops are the same at every step: see musicgen.generate.StaticStep)
         self.position: torch.Tensor | None = None
 
+    def numba_step(self, x: torch.Tensor, training: bool) -> bool:
+        """Whether the numba kernels run x (B, S, D): one new position (S = 1) at no tensor
+        position, outside training, with a kernel that handles x."""
+        return (
+            self.kernel is not None
+            and x.shape[1] == 1
+            and not training
+            and self.position is None
+            and self.kernel.handles(x)
+        )
+
+    def text_rows(self, rows: int) -> int:
+        """How many of ``rows`` rows have a text condition (the first ones; see ``n_cond``)."""
+        return rows if self.n_cond is None else self.n_cond
+
 
 def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
     """``layer(x)``, through the decoding kernel when the cache asks for it."""
@@ -225,7 +240,7 @@ class Block(nn.Module):
         if cache is not None and len(cache.cross) > layer:
             return *cache.cross[layer], cache.cross_mask
         a = self.cross_attn
-        rows = memory.shape[0] if cache is None or cache.n_cond is None else cache.n_cond
+        rows = memory.shape[0] if cache is None else cache.text_rows(memory.shape[0])
         memory = memory[:rows]
         k, v = (a.heads(project(p, memory, cache)).contiguous() for p in (a.k_proj, a.v_proj))
         mask = memory_mask[:rows, None, None, :]
@@ -260,18 +275,11 @@ class Block(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         """(B, S, D) -> (B, S, D); a single new step with a kernel cache runs fused in numba."""
-        if (
-            cache is not None
-            and cache.kernel is not None
-            and x.shape[1] == 1
-            and not self.training
-            and cache.position is None
-            and cache.kernel.handles(x)
-        ):
+        if cache is not None and cache.numba_step(x, self.training):
             arrays = self.step_arrays(memory, memory_mask, cache, layer)
             if arrays is not None:
                 cache.fused_steps += 1
-                n_cond = x.shape[0] if cache.n_cond is None else cache.n_cond
+                n_cond = cache.text_rows(x.shape[0])
                 x = x.reshape(x.shape[0], -1).contiguous().numpy()
                 y = decoder_layer_step(x, cache.length, n_cond, arrays)
                 return torch.from_numpy(y).unsqueeze(1)
@@ -471,9 +479,9 @@ class LM(nn.Module):
         x = self.embed_steps(seq, cache.length if cache is not None else 0, cache)
         layers = self.fused_layers(x, cache)
         if layers is not None:  # every layer in one numba call (see Block.forward)
-            n_cond = x.shape[0] if cache.n_cond is None else cache.n_cond
             h = x.reshape(x.shape[0], -1).contiguous().numpy()
-            x = torch.from_numpy(decoder_steps(h, cache.length, n_cond, layers)).unsqueeze(1)
+            y = decoder_steps(h, cache.length, cache.text_rows(x.shape[0]), layers)
+            x = torch.from_numpy(y).unsqueeze(1)
             cache.fused_steps += len(self.layers)
             cache.length += 1
             return self.norm(x)
@@ -489,18 +497,10 @@ class LM(nn.Module):
     def fused_layers(self, x: torch.Tensor, cache: KVCache | None):
         """The typed list of every layer's arrays for one new step (x (B, 1, D)), or None.
 
-        None unless the cache has a kernel that handles x, the step is a single new position at
-        no tensor position, the model is in eval mode and every layer already made its arrays (on
-        the first step, which runs layer by layer: ``Block.step_arrays``).
+        None unless the kernels run x (``KVCache.numba_step``) and every layer already made its
+        arrays (on the first step, which runs layer by layer: ``Block.step_arrays``).
         """
-        if (
-            cache is None
-            or cache.kernel is None
-            or x.shape[1] != 1
-            or self.training
-            or cache.position is not None
-            or not cache.kernel.handles(x)
-        ):
+        if cache is None or not cache.numba_step(x, self.training):
             return None
         if cache.fused is None:
             arrays = cache.layer_arrays
