@@ -16,7 +16,20 @@ Inference precision (:func:`inference_dtype`), ``auto``:
   ``t5-small`` safe), and T5 was trained with bf16 activations (google-research/t5 #539). Autocast
   does not help, as the projection's output is fp16 under it too.
 
+A GPU "supports bf16" here when it computes it natively: compute capability 8.0 or newer
+(Ampere, Hopper, ...) on CUDA, asked of the device in question (:func:`native_bf16`), not of the
+current device and not counting emulation (``torch.cuda.is_bf16_supported()`` says True on a V100
+or a T4, where bf16 runs emulated and slowly).
+
+Encoding precision (:func:`encoding_dtype`), ``auto``: fp32 on every device. The codec's codes are
+the training data: latents rounded to fp16 can flip the fine residual codes (audiocraft encodes
+outside its autocast block too); ``fp16`` / ``bf16`` must be asked for.
+
 Training precision (:func:`autocast_dtype`), ``auto``: fp16 autocast on CUDA, fp32 on CPU.
+
+A stage that runs on ``cuda:<n>`` makes that GPU the current device for its work
+(:func:`device_scope`): streams, CUDA graphs and generators that are created without a device
+argument live on the current device.
 """
 
 from __future__ import annotations
@@ -51,6 +64,31 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use auto)")
     return device
+
+
+def device_scope(device: torch.device) -> contextlib.AbstractContextManager:
+    """Makes ``device`` the current CUDA device inside the block (a no-op elsewhere).
+
+    ``torch.cuda.Stream()``, ``torch.cuda.graph`` (its capture stream and memory pool) and
+    ``torch.cuda.current_stream()`` use the current device when given none: a stage on ``cuda:1``
+    whose current device is still ``cuda:0`` would capture its decoding step on the wrong GPU.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA capability >= 8.0; ROCm: as torch says).
+
+    Emulated bf16 (V100, T4) does not count: it is slower than fp32 there.
+    """
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:  # ROCm: torch knows which of its GPUs have bf16
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def _check_precision(precision: str) -> None:
@@ -92,13 +130,25 @@ def inference_dtype(
             return None
         if fp16_safe:
             return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if native_bf16(device) else None
     if precision == "fp16" and not fp16_safe:
         raise ValueError(
             "precision fp16 is refused for this model: its activations overflow fp16 (T5's "
             "feed-forward states exceed 65504 and become inf/NaN); use bf16 or fp32"
         )
     return _DTYPES[precision]
+
+
+def encoding_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the codec's encoder when it makes training codes: None (fp32) for
+    ``auto`` on every device; ``fp16`` / ``bf16`` only when asked for.
+
+    Latents rounded to half precision move near-tied residuals to the neighbouring codeword, and
+    the codes are what the LM is trained on (``scripts/gpu_check.py`` measures the share that
+    flips); audiocraft encodes outside its autocast block for the same reason.
+    """
+    _check_precision(precision)
+    return None if precision == "auto" else _DTYPES[precision]
 
 
 def autocast(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from musicgen.device import device_scope
 from musicgen.kernels import kernel_available, sample_top_k
 from musicgen.lm import LM, KVCache, masked_codebook_ce, null_condition
 from musicgen.patterns import Pattern
@@ -73,6 +74,17 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+def autocast_dtype_in_force(device: torch.device) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``device`` here, or None when it is off.
+
+    The decoding weights are made once in it (:class:`musicgen.kernels.LinearKernel`), so that
+    the steps cast nothing; on the CPU the numba kernels read their own stored weights.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 class StaticStep:
     """One decoding step whose ops do not depend on the step: on CUDA, captured in a CUDA graph.
 
@@ -108,23 +120,34 @@ class StaticStep:
         finally:
             cache.position, cache.length = None, length
 
+    def capture(self) -> None:  # pragma: no cover - needs a GPU (scripts/gpu_check.py)
+        """Records :meth:`run` in a CUDA graph, on the GPU that holds the cache.
+
+        That GPU is made current for the capture: the side stream of the warm-up, the graph's
+        capture stream and its memory pool all live on the current device, so on ``cuda:1``
+        with ``cuda:0`` current the graph would record nothing of the step's kernels.
+        """
+        device = self.tokens.device
+        with device_scope(device):
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up runs write the same keys and values again
+                    self.run()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.run()
+
     def __call__(self, steps: torch.Tensor) -> torch.Tensor:
         """Feeds one step (N, K, 1) at the cache's length and returns the logits (N, K, card)."""
         self.tokens.copy_(steps)
         self.position.fill_(self.cache.length)
         if self.tokens.device.type != "cuda":
             logits = self.run()
-        else:  # pragma: no cover - needs a GPU
+        else:  # pragma: no cover - needs a GPU (scripts/gpu_check.py)
             if self.graph is None:
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):  # warm-up runs write the same keys and values again
-                        self.run()
-                torch.cuda.current_stream().wait_stream(stream)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.logits = self.run()
+                self.capture()
             self.graph.replay()
             logits = self.logits.clone()
         self.cache.length += 1
@@ -163,7 +186,14 @@ class StepDecoder:
         if use_cache:
             device, dtype = memory.device, memory.dtype
             self.cache = model.new_cache(
-                memory.shape[0], max_steps, device, dtype, fast_kernel, n_cond, weights
+                memory.shape[0],
+                max_steps,
+                device,
+                dtype,
+                fast_kernel,
+                n_cond,
+                weights,
+                compute_dtype=autocast_dtype_in_force(device),
             )
 
     def __call__(self, steps: torch.Tensor) -> torch.Tensor:

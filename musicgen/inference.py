@@ -145,9 +145,10 @@ class MusicGen:
         if problem:
             raise PromptAudioError(f"the audio to continue, {path}, is unusable: {problem}")
         mono = resample(mono, rate, self.sample_rate)
-        return encode(self.codec, mono[None], self.lm.cfg.n_codebooks, dtype=self.dtype).to(
-            self.device
-        )
+        from musicgen.device import encoding_dtype
+
+        dtype = encoding_dtype(self.precision, self.device)  # auto: fp32, as tokenize encodes
+        return encode(self.codec, mono[None], self.lm.cfg.n_codebooks, dtype=dtype).to(self.device)
 
     def sample(
         self,

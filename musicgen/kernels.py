@@ -726,18 +726,35 @@ class LinearKernel:
     value of the stored weight (the layer itself for ``fp32``). A layer created after this object
     runs itself.
 
+    Layers the kernels do not serve (a model on CUDA, or ``use_numba=False``) run torch on a
+    weight made once here, :meth:`torch_weight`: the stored weight's float value in
+    ``compute_dtype`` (the autocast dtype of the decoding, e.g. fp16 on CUDA) or float32, and the
+    bias likewise; a decoding step then reads each weight in that dtype and casts nothing (under
+    autocast with its cache off, as a CUDA graph needs, a float32 layer would be cast to fp16 at
+    every step: 4 bytes read and 2 written per parameter on top of the 2 the matmul reads).
+    ``fp32`` weights with no ``compute_dtype`` run the layers themselves.
+
     Args:
         model: the module whose ``nn.Linear`` layers to serve.
         weights: one of :data:`WEIGHT_TYPES`.
         use_numba: False always runs torch (e.g. to test the torch path with stored weights).
+        compute_dtype: the dtype of the torch path's matmuls (the autocast dtype the decoding
+            runs under), or None for float32.
     """
 
-    def __init__(self, model: torch.nn.Module, weights: str = "fp32", use_numba: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        weights: str = "fp32",
+        use_numba: bool = True,
+        compute_dtype: torch.dtype | None = None,
+    ):
         if weights not in WEIGHT_TYPES:
             raise ValueError(f"unknown weight type '{weights}'; choose one of {WEIGHT_TYPES}")
-        self.weights = weights
+        self.weights, self.compute_dtype = weights, compute_dtype
         self.use_numba = use_numba and kernel_available()
         self._stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._torch: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for layer in model.modules():
             if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.float32:
                 self._stored[id(layer)] = quantize(layer.weight, weights)
@@ -747,6 +764,21 @@ class LinearKernel:
         served = served if self.use_numba else []
         packed = kernel_weights([self._stored[key] for key in served])
         self._arrays: dict[int, Weight] = dict(zip(served, packed, strict=True))
+        if weights != "fp32" or compute_dtype is not None:
+            for layer in model.modules():
+                key = id(layer)
+                if key in self._stored and key not in self._arrays:
+                    self._torch[key] = self.torch_weight(layer)
+                    if weights != "fp32":  # on CUDA the float value alone is read
+                        del self._stored[key]
+
+    def torch_weight(self, layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight (O, I) and bias (O,) that the torch path multiplies by, made once: the
+        stored weight's float value in ``compute_dtype`` (or float32)."""
+        dtype = self.compute_dtype or torch.float32
+        weight = dequantize(*self._stored[id(layer)]).to(dtype)
+        bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+        return weight, bias
 
     def weight(self, layer: torch.nn.Linear) -> Weight | None:
         """The kernels' view of ``layer``'s stored weight, or None if they do not serve it."""
@@ -763,12 +795,18 @@ class LinearKernel:
 
     def __call__(self, layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``layer(x)`` with the stored weight, for x (..., I) -> (..., O)."""
-        stored = self._stored.get(id(layer))
-        if stored is None or (self.weights == "fp32" and torch.is_grad_enabled()):
+        key = id(layer)
+        if self.weights == "fp32" and torch.is_grad_enabled():
+            return layer(x)
+        if key in self._torch:  # weights made once in the dtype the matmul reads
+            weight, bias = self._torch[key]
+            return F.linear(x.to(weight.dtype), weight, bias)
+        stored = self._stored.get(key)
+        if stored is None:
             return layer(x)
         n_in = x.shape[-1]
         rows = x.numel() // n_in if n_in else 0
-        weight = self._arrays.get(id(layer))
+        weight = self._arrays.get(key)
         if weight is None or rows == 0 or not self.handles(x):
             if self.weights == "fp32":
                 return layer(x)

@@ -556,20 +556,23 @@ class LM(nn.Module):
         logits = torch.stack([head(h[:, inv[k]]) for k, head in enumerate(self.heads)], dim=1)
         return logits, masked_codebook_ce(logits, codes, frame_mask)
 
-    def decoding_kernel(self, weights: str, use_numba: bool) -> LinearKernel:
+    def decoding_kernel(
+        self, weights: str, use_numba: bool, compute_dtype: torch.dtype | None = None
+    ) -> LinearKernel:
         """A :class:`LinearKernel` over this model's weights, kept while they stay the same.
 
         Packing (and for bf16 / int8 converting) every weight takes ~1 s for ``seed1``, so it is
-        done once per weight type, not at every ``generate`` call; a parameter changed in place
-        (its version counter), moved or replaced drops them all.
+        done once per weight type and compute dtype, not at every ``generate`` call; a parameter
+        changed in place (its version counter), moved or replaced drops them all.
         """
         stamp = tuple((p.data_ptr(), p._version, p.device) for p in self.parameters())
         if self._kernel_memo is None or self._kernel_memo[0] != stamp:
             self._kernel_memo = (stamp, {})
         kernels = self._kernel_memo[1]
-        if (weights, use_numba) not in kernels:
-            kernels[weights, use_numba] = LinearKernel(self, weights, use_numba)
-        return kernels[weights, use_numba]
+        key = (weights, use_numba, compute_dtype)
+        if key not in kernels:
+            kernels[key] = LinearKernel(self, weights, use_numba, compute_dtype)
+        return kernels[key]
 
     def new_cache(
         self,
@@ -580,19 +583,22 @@ class LM(nn.Module):
         fast_kernel: bool = False,
         n_cond: int | None = None,
         weights: str = "fp32",
+        compute_dtype: torch.dtype | None = None,
     ) -> KVCache:
         """A cache for ``batch`` rows and ``max_len`` steps (see :class:`KVCache`).
 
         ``fast_kernel`` adds a :class:`LinearKernel` that runs the numba kernels; ``weights``
         (``fp32 | bf16 | int8``) is how it stores the linear weights (``bf16`` or ``int8`` without
-        ``fast_kernel``: torch multiplies by their float value). ``n_cond`` rows have a text
+        ``fast_kernel``: torch multiplies by their float value). ``compute_dtype`` (the autocast
+        dtype the decoding runs under, e.g. fp16 on CUDA) has the torch path read weights made
+        once in that dtype instead of casting them at every step. ``n_cond`` rows have a text
         condition, the rest are null conditions (None: all rows have one).
         """
         cfg = self.cfg
         head_dim = cfg.d_model // cfg.n_heads
         kernel = None
-        if fast_kernel or weights != "fp32":
-            kernel = self.decoding_kernel(weights, fast_kernel)
+        if fast_kernel or weights != "fp32" or compute_dtype is not None:
+            kernel = self.decoding_kernel(weights, fast_kernel, compute_dtype)
         return KVCache(
             cfg.n_layers,
             batch,

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from musicgen import device as D
 from musicgen.device import autocast, autocast_dtype, inference_dtype, pick_device
 
 
@@ -36,6 +37,65 @@ def test_fp16_is_refused_for_models_that_overflow_it():
         inference_dtype("fp16", torch.device("cpu"), fp16_safe=False)
     with pytest.raises(ValueError, match="precision must be"):
         inference_dtype("half", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "capabilities, expected",
+    [
+        ({0: (7, 0), 1: (8, 0)}, torch.bfloat16),  # current device a V100, cuda:1 an A100
+        ({0: (7, 0), 1: (8, 6)}, torch.bfloat16),  # current device a V100, cuda:1 an RTX 3090
+        ({0: (8, 0), 1: (7, 5)}, None),  # cuda:1 a T4: bf16 only emulated, T5 runs fp32
+        ({0: (9, 0), 1: (7, 0)}, None),  # cuda:1 a V100, though torch says bf16 is "supported"
+    ],
+)
+def test_t5_falls_back_to_fp32_on_gpus_without_native_bf16(monkeypatch, capabilities, expected):
+    asked = []
+
+    def capability(device=None):
+        index = torch.device(device).index if device is not None else 0
+        asked.append(index)
+        return capabilities[index or 0]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    monkeypatch.setattr(torch.version, "hip", None)
+    device = torch.device("cuda:1")
+    assert inference_dtype("auto", device, fp16_safe=False) is expected
+    assert asked == [1]
+    assert inference_dtype("auto", device) is torch.float16  # fp16-safe models: unchanged
+    assert not D.native_bf16(torch.device("cpu"))
+
+
+def test_tokenize_encodes_in_fp32_unless_half_is_asked_for():
+    for device in (torch.device("cpu"), torch.device("cuda"), torch.device("cuda:1")):
+        assert D.encoding_dtype("auto", device) is None
+        assert D.encoding_dtype("fp32", device) is None
+    assert D.encoding_dtype("fp16", torch.device("cuda")) is torch.float16
+    assert D.encoding_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be"):
+        D.encoding_dtype("half", torch.device("cpu"))
+
+
+def test_device_scope_makes_the_stage_s_gpu_current(monkeypatch):
+    entered = []
+
+    class Current:  # stands for torch.cuda.device, which needs a GPU to enter
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Current)
+    with D.device_scope(torch.device("cuda:1")):
+        pass
+    assert entered == [torch.device("cuda:1")]
+    with D.device_scope(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda:1")]
 
 
 def test_training_precision_auto():

@@ -201,3 +201,50 @@ def test_stored_weights_generate_the_same_in_numba_torch_and_static_paths(weight
     assert torch.equal(
         fast, generate(model, cond, mask, 6, GREEDY_CFG, weights=weights, static_step=True)
     )
+
+
+class WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts dtype conversions of tensors shaped like one of ``shapes`` (the linear weights)."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.shapes, self.casts = set(shapes), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype):
+            if isinstance(args[0], torch.Tensor) and tuple(args[0].shape) in self.shapes:
+                self.casts += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_half_precision_decoding_casts_each_weight_once_not_at_every_step(weights):
+    """Under autocast with its cache off (the CUDA graph's setting) the static step reads weights
+    made once in the autocast dtype: the casts do not grow with the number of steps."""
+    model = tiny()
+    cond, mask = condition()
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def casts(n_frames):
+        model._kernel_memo = None  # the stored weights are made anew in each run
+        with WeightCasts(shapes) as mode:
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                codes = generate(
+                    model, cond, mask, n_frames, GREEDY_CFG, weights=weights, static_step=True
+                )
+        return mode.casts, codes
+
+    short, _ = casts(4)
+    long, codes = casts(12)
+    assert long == short  # nothing per step
+    # a few conversions per weight, once: quantised, its float value, the compute dtype
+    assert short <= 3 * len(shapes) + 2
+    assert codes.shape == (2, 4, 12)
+    # and with the autocast cache off, a plain float32 layer is cast at every step
+    with WeightCasts(shapes) as mode:
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            x = torch.randn(1, 32)
+            for _ in range(3):
+                model.layers[0].fc1(x)
+    assert mode.casts == 3

@@ -8,7 +8,7 @@ import numpy as np
 
 from musicgen.data.audio import load_clips
 from musicgen.data.store import save_tokens
-from musicgen.device import inference_dtype, pick_device
+from musicgen.device import encoding_dtype, pick_device
 from musicgen.params import write_json
 from musicgen.pipeline.common import read_split, used_ids
 
@@ -96,7 +96,8 @@ def tokenize(
 ) -> None:
     """The tokenize stage: codes (N, K, T) int16 of every clip in a split, and their usage.
 
-    The codec runs on ``tokenize.device`` in ``tokenize.precision`` (:mod:`musicgen.device`),
+    The codec runs on ``tokenize.device`` in ``tokenize.precision`` (``auto``: fp32 on every device,
+    :func:`musicgen.device.encoding_dtype`),
     ``tokenize.batch_size`` clips at a time (read from disk one batch at a time). The metrics are
     :func:`musicgen.codec.codebook_usage` of the training clips' codes (what the LM learns from).
     """
@@ -105,7 +106,7 @@ def tokenize(
     from musicgen import codec as C
 
     device = pick_device(params["device"])
-    dtype = inference_dtype(params["precision"], device)
+    dtype = encoding_dtype(params["precision"], device)
     model = C.load_codec(str(codec_dir)).to(device)
     ids = used_ids(split_dir)
     chunks, bs = [], params["batch_size"]

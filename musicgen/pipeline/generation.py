@@ -9,7 +9,7 @@ import torch
 
 from musicgen.data.audio import write_wav
 from musicgen.data.store import CodesAndText, save_tokens
-from musicgen.device import autocast, inference_dtype, pick_device
+from musicgen.device import autocast, device_scope, inference_dtype, pick_device
 from musicgen.lm import load_lm
 from musicgen.pipeline.common import AUDIO, read_split
 
@@ -32,12 +32,22 @@ def generate(
     graph, ``generate(static_step=True)``). Guidance and sampling always use float32 logits.
     The sampling RNG lives on the device, so a CUDA run draws other samples than a CPU run.
     """
+    device = pick_device(params["device"])
+    with device_scope(device):  # cuda:<n>: streams and graphs on that GPU
+        _generate(
+            params, device, lm_dir, codec_dir, text_dir, tokens_dir, split_dir, out_dir, progress
+        )
+
+
+def _generate(
+    params, device, lm_dir, codec_dir, text_dir, tokens_dir, split_dir, out_dir, progress
+):
+    """:func:`generate` on ``device``, the current device."""
     from tqdm import tqdm
 
     from musicgen import codec as C
     from musicgen.generate import SamplingConfig, generate
 
-    device = pick_device(params["device"])
     dtype = inference_dtype(params["precision"], device)
     static = device.type == "cuda"  # decoding steps in a CUDA graph; the CPU runs the numba step
     model = load_lm(lm_dir, device)
