@@ -3,14 +3,18 @@
 One process or many: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each rank takes
 its slice of every step's global batch, gradients are averaged by DDP (NCCL on CUDA, gloo on the
 CPU), and the result is that of one process with the same global batch (up to float rounding).
-Every random draw depends on the step or on the sample's global index, never on the sharding:
-the batch rows (:func:`batch_rows`), the caption variant (``CodesAndText.sample_batch``) and the
-CFG dropout (:func:`cfg_drop`). Rank 0 alone writes checkpoints, curves and logs.
+Every random draw but dropout's depends on the step or on the sample's global index, never on
+the sharding: the batch rows (:func:`batch_rows`), the caption variant
+(``CodesAndText.sample_batch``) and the CFG dropout (:func:`cfg_drop`). Dropout masks depend on the
+step and the rank (:func:`dropout_seed`). Rank 0 alone writes checkpoints, curves and logs; before
+anything else the ranks check that they start the same run from the same step
+(:func:`agree_on_start`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import importlib
 import json
@@ -49,6 +53,7 @@ NOT_IN_IDENTITY = (
     "nproc_per_node",
     "nnodes",
     "rdzv_endpoint",
+    "dist_timeout_min",
 )
 
 
@@ -81,6 +86,7 @@ class TrainConfig:
     nproc_per_node: int = 1  # > 1: the train stage relaunches itself through torchrun
     nnodes: int = 1  # machines; > 1 needs rdzv_endpoint (see README, training at scale)
     rdzv_endpoint: str = ""  # host:port of the rendezvous (multi-node)
+    dist_timeout_min: float = 60.0  # how long a rank waits in a collective (rank 0 saving) first
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -106,6 +112,8 @@ class TrainConfig:
             raise ValueError("train.ema_every, train.nproc_per_node and train.nnodes must be >= 1")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port)")
+        if not self.dist_timeout_min > 0:
+            raise ValueError(f"train.dist_timeout_min must be > 0, got {self.dist_timeout_min}")
 
 
 def extensible(cfg: TrainConfig) -> bool:
@@ -198,11 +206,18 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def distributed(device_name: str):
+def distributed(device_name: str, timeout_min: float = 60.0):
     """Yields ``(Ranks, device)``; under torchrun it joins (and then leaves) the process group.
 
     NCCL with one GPU per local rank on CUDA, gloo on the CPU, where the cores are shared out among
     the node's ranks (``torch.set_num_threads``).
+
+    Args:
+        device_name: ``train.device``.
+        timeout_min: how long a collective waits for every rank before it fails
+            (``train.dist_timeout_min``): the ranks wait in one while rank 0 writes a checkpoint,
+            tens of GB for the large presets, longer than the backends' defaults (NCCL 10 min)
+            allow on a slow shared filesystem.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name)
@@ -225,7 +240,10 @@ def distributed(device_name: str):
         logging.getLogger("musicgen").setLevel(logging.WARNING)
     owner = not dist.is_initialized()
     if owner:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_min),
+        )
     try:
         yield Ranks(rank, world), device
     finally:
@@ -566,7 +584,7 @@ def train(
         ``{"ema": state dict, "history": [...], "val_ce_init": (K,), "val_ce_final_raw": (K,),
         "config": dict}``
     """
-    with distributed(cfg.device) as (ranks, device):
+    with distributed(cfg.device, cfg.dist_timeout_min) as (ranks, device):
         return _train(
             model,
             train_data,
@@ -596,16 +614,17 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     resumed = load_checkpoint(ckpt_dir, run_hash, cfg)
+    start = resumed[1]["step"] if resumed is not None else 0
+    agree_on_start(start, run_hash, ckpt_dir, ranks, device)  # before any other collective
     if resumed is not None:
-        tensors, meta = resumed
-        restore(tensors, meta, model, ema, optimizer, scaler)
-        start, history, val_ce_init = meta["step"], meta["history"], np.array(meta["val_ce_init"])
+        meta = resumed[1]
+        restore(*resumed, model, ema, optimizer, scaler)
+        history, val_ce_init = meta["history"], np.array(meta["val_ce_init"])
+        del resumed  # the checkpoint's mapped tensors
         log.info("resuming from step %d", start)
     else:
-        start = 0
         val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
         history = [{"step": 0, "val_ce": float(val_ce_init.mean())}]
-    check_same_start(start, ranks, device)
     net = model
     if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -622,7 +641,7 @@ def _train(
     )
     for step in bar:
         began = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
+        torch.manual_seed(dropout_seed(cfg.seed, step, ranks.rank))
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -697,15 +716,96 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def check_same_start(start: int, ranks: Ranks, device: torch.device) -> None:
-    """Refuses a distributed run whose ranks would resume from different steps (e.g. a checkpoint
-    directory that is not on a filesystem shared by every node)."""
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of a step's dropout masks on ``rank``.
+
+    Each rank draws its own masks for its own slice of the batch (the same seed would give every
+    rank's slice the same masks); rank 0's seed, the one of a single process, is that of the step
+    alone, so a one-process run does not depend on this. The rank moves the seed by multiples of
+    2**22 (4.2 M steps): the CPU generator (mt19937) keeps only a seed's low 32 bits, in which
+    ranks < 1024 of a run shorter than that never share a seed.
+    """
+    return seed * 1_000_003 + step + rank * 2**22
+
+
+def _int64_digest(text: str) -> int:
+    """``text`` hashed to a signed 64-bit integer, for a collective."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
+
+
+def _rank_list(group: list[int]) -> str:
+    return ("rank " if len(group) == 1 else "ranks ") + ", ".join(map(str, group))
+
+
+def _groups(values: list) -> list[list[int]]:
+    """The ranks grouped by their value, in order of first appearance."""
+    groups: dict = {}
+    for rank, value in enumerate(values):
+        groups.setdefault(value, []).append(rank)
+    return list(groups.values())
+
+
+def start_disagreement(
+    starts: list[int], runs: list[int], codes: list[int], ckpt_dir: Path
+) -> str | None:
+    """What the ranks disagree on, in words, or None.
+
+    Args:
+        starts: each rank's start step (0: it found no checkpoint).
+        runs: each rank's run key (hashed).
+        codes: each rank's training code hash (hashed).
+        ckpt_dir: the checkpoint directory (this rank's path to it).
+    """
+    problems = []
+    if len(set(codes)) > 1:
+        problems.append(
+            " and ".join(map(_rank_list, _groups(codes)))
+            + " run different training code (musicgen/train.py, lm.py, patterns.py, "
+            "data/store.py): every node must run the same checkout"
+        )
+    if len(set(runs)) > 1:
+        problems.append(
+            " and ".join(map(_rank_list, _groups(runs)))
+            + " train different runs (their resume keys differ: data, params, init_from "
+            "checkpoint or LM config)"
+        )
+    if len(set(starts)) > 1:
+        by_start = sorted(_groups(starts), key=lambda g: -starts[g[0]])
+        said = []
+        for group in by_start:
+            step, many = starts[group[0]], len(group) > 1
+            verb = ("resume" if many else "resumes") + f" from step {step}"
+            said.append(f"{_rank_list(group)} {verb if step else 'found no checkpoint'}")
+        problems.append(
+            " but ".join(said)
+            + f": the checkpoint directory ({ckpt_dir}) must be on a filesystem shared by every node"
+        )
+    return "; ".join(problems) or None
+
+
+def agree_on_start(
+    start: int, run_hash: str, ckpt_dir: Path, ranks: Ranks, device: torch.device
+) -> None:
+    """Refuses, on every rank, a distributed run whose ranks would start differently.
+
+    One all_gather of (start step, run key, code hash), the first collective of the run, which
+    every rank calls whether it resumed or not: a rank that found no checkpoint (a checkpoint
+    directory not shared by every node) or ran other code would otherwise enter another collective
+    than its peers (the step-0 validation), and hang or read garbage.
+
+    Raises:
+        RuntimeError: naming the ranks and what differs.
+    """
     if ranks.world == 1:
         return
-    steps = torch.tensor([start, -start], device=device)
-    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    if steps[0] != -steps[1]:
-        raise RuntimeError(
-            f"ranks resume from different steps ({-int(steps[1])} .. {int(steps[0])}): the "
-            "checkpoint directory must be on a filesystem shared by every node"
-        )
+    mine = torch.tensor(
+        [start, _int64_digest(run_hash), _int64_digest(code_hash())],
+        dtype=torch.int64,
+        device=device,
+    )
+    gathered = [torch.empty_like(mine) for _ in range(ranks.world)]
+    dist.all_gather(gathered, mine)
+    starts, runs, codes = torch.stack(gathered).T.cpu().tolist()
+    problem = start_disagreement(starts, runs, codes, ckpt_dir)
+    if problem is not None:
+        raise RuntimeError(f"the ranks cannot start together: {problem}")

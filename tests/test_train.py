@@ -27,6 +27,8 @@ from musicgen.train import (
     TrainConfig,
     batch_rows,
     code_hash,
+    distributed,
+    dropout_seed,
     get_lr,
     is_main_process,
     load_checkpoint,
@@ -35,6 +37,7 @@ from musicgen.train import (
     restore,
     run_identity,
     save_checkpoint,
+    start_disagreement,
     token_entropy,
     torchrun_command,
     train,
@@ -379,6 +382,81 @@ def test_ddp_two_processes_equal_one_process(dataset):
     assert meta["complete"] and meta["step"] == 8
 
 
+def test_ddp_ranks_that_would_start_from_different_steps_are_refused(dataset):
+    """Rank 1 finds a checkpoint at step 2 in its folder, rank 0 none in its own (a checkpoint
+    folder that is not shared between nodes): both ranks raise, naming it, instead of entering
+    different collectives (the no-checkpoint rank's validation, the other's start check)."""
+    root, _, _ = dataset
+    cfg = {"steps": 2, "schedule": "constant", "checkpoint_every": 1, "eval_every": 1}
+    finish(run_worker(root, "ck1", "first.safetensors", cfg))
+    proc = run_worker(
+        root, "ck{rank}", "two.safetensors", {**cfg, "steps": 4}, nproc=2, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the ranks hung instead of refusing the run:\n{output[-3000:]}")
+    assert proc.returncode != 0, output[-3000:]
+    refusal = "rank 1 resumes from step 2 but rank 0 found no checkpoint"
+    assert output.count(refusal) >= 2, output[-3000:]  # raised on both ranks
+    assert "must be on a filesystem shared by every node" in output
+    assert not (root / "two.safetensors").exists()
+
+
+def test_what_the_ranks_disagree_on_is_named():
+    ck = Path("data/checkpoint")
+    assert start_disagreement([5, 5, 5], [1, 1, 1], [7, 7, 7], ck) is None
+    said = start_disagreement([0, 50, 0, 50], [1, 1, 1, 1], [7, 7, 7, 7], ck)
+    assert said.startswith("ranks 1, 3 resume from step 50 but ranks 0, 2 found no checkpoint: ")
+    assert "(data/checkpoint) must be on a filesystem shared" in said
+    said = start_disagreement([0, 0], [1, 2], [7, 8], ck)
+    assert "rank 0 and rank 1 run different training code" in said
+    assert "rank 0 and rank 1 train different runs" in said and "step" not in said
+
+
+def test_ranks_draw_different_dropout_masks_and_rank_0_those_of_one_process(dataset):
+    """lm.dropout > 0: the same rows on two ranks get different masks (each rank's slice has its
+    own), the same rank the same masks; rank 0 keeps the seed of a one-process run."""
+    root, ids, card = dataset
+    b = make(root, ids).batch(np.arange(8))
+    torch.manual_seed(0)
+    model = LM(
+        LMConfig(d_model=32, n_heads=4, n_layers=2, ffn_dim=64, card=card, text_dim=8, dropout=0.3)
+    ).train()
+
+    def ce(rank: int) -> torch.Tensor:
+        torch.manual_seed(dropout_seed(seed=2, step=7, rank=rank))
+        return model(b.codes, b.cond, b.cond_mask)[1]
+
+    assert torch.equal(ce(0), ce(0)) and torch.equal(ce(1), ce(1))
+    assert not torch.allclose(ce(0), ce(1))
+    assert dropout_seed(2, 7, 0) == 2 * 1_000_003 + 7  # the seed one process always used
+
+
+def test_the_process_group_waits_train_dist_timeout_min(monkeypatch):
+    """Under torchrun the process group is made with ``train.dist_timeout_min``, not the
+    backend's default (NCCL: 10 min) that rank 0 writing a large checkpoint can outlast."""
+    import torch.distributed as dist
+
+    made = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: made.update(kw))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    threads, level = torch.get_num_threads(), logging.getLogger("musicgen").level
+    try:
+        with distributed("cpu", TrainConfig(dist_timeout_min=90).dist_timeout_min) as (ranks, _):
+            assert ranks.rank == 1 and ranks.world == 2
+    finally:
+        torch.set_num_threads(threads)
+        logging.getLogger("musicgen").setLevel(level)  # rank > 0 logs warnings only
+    assert made["timeout"].total_seconds() == 90 * 60
+    assert "dist_timeout_min" not in run_identity(TrainConfig())  # a layout knob: resumes
+
+
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(dataset):
     root, _, _ = dataset
     cfg = {"steps": 20, "checkpoint_every": 5, "eval_every": 10}
@@ -410,6 +488,7 @@ def main(root: Path, ckpt: Path, out: Path, overrides: dict) -> None:
     if slow:  # a step that lasts long enough for a kill to land mid-run
         real_get_lr = tr.get_lr
         tr.get_lr = lambda step, cfg: time.sleep(slow) or real_get_lr(step, cfg)
+    ckpt = Path(str(ckpt).format(rank=os.environ.get("RANK", "0")))  # "{rank}": one per rank
     ids, _ = load_tokens(root / "tokens")
     data = make(root, ids)
     model = lm(32)
