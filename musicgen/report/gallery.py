@@ -46,6 +46,8 @@ import math
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,11 +175,12 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def _esc(value: object) -> str:
+def esc(value: object) -> str:
+    """:func:`format_value` as HTML text (quotes escaped too, so it may go in an attribute)."""
     return html.escape(format_value(value), quote=True)
 
 
-def _score_attr(value: object) -> str:
+def score_attr(value: object) -> str:
     """The sortable value of a score cell: a finite number, or empty (sorted last)."""
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -186,9 +189,10 @@ def _score_attr(value: object) -> str:
     return repr(number) if math.isfinite(number) else ""
 
 
-def _key_value_table(title: str, rows: dict[str, object], table_class: str) -> str:
+def key_value_table(title: str, rows: dict[str, object], table_class: str) -> str:
+    """A titled two-column table: each key as a row header, its value escaped."""
     body = "".join(
-        f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{_esc(v)}</td></tr>"
+        f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{esc(v)}</td></tr>"
         for k, v in rows.items()
     )
     return (
@@ -201,9 +205,9 @@ def _grouped_tables(title: str, tree: dict, table_class: str) -> str:
     """The top-level scalars of ``tree`` in one table, then one table per nested dict, side by
     side (e.g. the run's metrics, then each embedder's)."""
     scalars = {k: v for k, v in tree.items() if not isinstance(v, dict)}
-    tables = [_key_value_table(title, scalars, table_class)] if scalars else []
+    tables = [key_value_table(title, scalars, table_class)] if scalars else []
     tables += [
-        _key_value_table(f"{title}: {key}", flatten(value), table_class)
+        key_value_table(f"{title}: {key}", flatten(value), table_class)
         for key, value in tree.items()
         if isinstance(value, dict)
     ]
@@ -264,16 +268,32 @@ def _curves_section(curves: pd.DataFrame, out_dir: Path) -> str:
     return (
         "<section><h2>Training curves</h2>"
         "<img src='images/curves.png' width='640' height='240' alt='training curves'>"
-        f"<p class='legend'>{html.escape(summary.x_column)} {_esc(x_lo)} to {_esc(x_hi)}; "
-        f"y {_esc(y_lo)} to {_esc(y_hi)}.{legend}</p></section>"
+        f"<p class='legend'>{html.escape(summary.x_column)} {esc(x_lo)} to {esc(x_hi)}; "
+        f"y {esc(y_lo)} to {esc(y_hi)}.{legend}</p></section>"
     )
 
 
-def _clip_cell(audio_src: str, image_src: str, label: str) -> str:
+def clip_cell(audio_src: str, image_src: str, label: str) -> str:
+    """A table cell with a clip's player and its spectrogram (both relative URLs)."""
     return (
         f"<td class='clip'><audio controls preload='metadata' src='{audio_src}'></audio>"
         f"<img src='{image_src}' width='400' height='128' alt='{label} spectrogram'></td>"
     )
+
+
+def sort_header(col: int, label: str) -> str:
+    """A header cell whose button sorts the ``#items`` table by column ``col`` (SORT_SCRIPT)."""
+    name = html.escape(label, quote=True)
+    return (
+        f"<th><button class='sort' type='button' data-col='{col}' data-label='{name}'>"
+        f"{html.escape(label)}</button></th>"
+    )
+
+
+def score_cell(value: object) -> str:
+    """A score's cell: its text and sortable value; None (no score) is an empty cell."""
+    text = "" if value is None else esc(value)
+    return f"<td class='score' data-value='{score_attr(value)}'>{text}</td>"
 
 
 def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
@@ -281,24 +301,16 @@ def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
     for item in items:
         score_names += [k for k in item.scores if k not in score_names]
     first_score_col = 4  # after #, item, reference, generated
-    headers = "".join(
-        f"<th><button class='sort' type='button' data-col='{first_score_col + j}' "
-        f"data-label='{html.escape(name, quote=True)}'>{html.escape(name)}</button></th>"
-        for j, name in enumerate(score_names)
-    )
+    headers = "".join(sort_header(first_score_col + j, name) for j, name in enumerate(score_names))
     rows = []
     for i, (item, stem) in enumerate(zip(items, stems, strict=True)):
-        scores = "".join(
-            f"<td class='score' data-value='{_score_attr(item.scores.get(name))}'>"
-            f"{_esc(item.scores[name]) if name in item.scores else ''}</td>"
-            for name in score_names
-        )
+        scores = "".join(score_cell(item.scores.get(name)) for name in score_names)
         rows.append(
             f"<tr id='item-{i}'><td>{i}</td><td class='item'>"
             f"<div class='id'>{html.escape(item.id)}</div>"
             f"<div class='caption'>{html.escape(item.caption)}</div></td>"
-            + _clip_cell(f"audio/{stem}_reference.wav", f"images/{stem}_reference.png", "reference")
-            + _clip_cell(f"audio/{stem}_generated.wav", f"images/{stem}_generated.png", "generated")
+            + clip_cell(f"audio/{stem}_reference.wav", f"images/{stem}_reference.png", "reference")
+            + clip_cell(f"audio/{stem}_generated.wav", f"images/{stem}_generated.png", "generated")
             + scores
             + "</tr>"
         )
@@ -309,44 +321,95 @@ def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
     )
 
 
+def copy_clip(
+    src: Path, out_dir: Path, name: str, owner: str, kind: str, cfg: SpectrogramConfig
+) -> None:
+    """Copies a wav to ``out_dir/audio/<name>.wav`` and draws ``out_dir/images/<name>.png``.
+
+    Raises:
+        FileNotFoundError: no file at ``src`` (the message names ``owner`` and ``kind``).
+        ValueError: ``src`` is not a readable sound file.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"{owner}: no {kind} wav at {src}")
+    try:
+        sf.info(str(src))
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise ValueError(f"{owner}: unreadable {kind} wav {src}: {e}") from e
+    shutil.copyfile(src, out_dir / "audio" / f"{name}.wav")
+    write_spectrogram(src, out_dir / "images" / f"{name}.png", cfg)
+
+
 def _copy_item(item: GalleryItem, stem: str, out_dir: Path, cfg: SpectrogramConfig) -> None:
     for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
-        src = Path(src)
-        if not src.is_file():
-            raise FileNotFoundError(f"gallery item {item.id!r}: no {kind} wav at {src}")
-        try:
-            sf.info(str(src))
-        except (RuntimeError, sf.LibsndfileError) as e:
-            raise ValueError(f"gallery item {item.id!r}: unreadable {kind} wav {src}: {e}") from e
-        shutil.copyfile(src, out_dir / "audio" / f"{stem}_{kind}.wav")
-        write_spectrogram(src, out_dir / "images" / f"{stem}_{kind}.png", cfg)
+        copy_clip(src, out_dir, f"{stem}_{kind}", f"gallery item {item.id!r}", kind, cfg)
+
+
+SPECTROGRAM_NOTE = (
+    "Spectrograms: 0 Hz (bottom) to Nyquist on a mel scale, colours from -80 dBFS (dark) to "
+    "0 dBFS (light)."
+)
+
+
+def html_page(title: str, body: str, extra_style: str = "") -> str:
+    """A whole self-contained page: ``body`` (HTML) under an escaped ``title``, the gallery's
+    STYLE (plus ``extra_style``) and SORT_SCRIPT; a Content-Security-Policy allows no network,
+    and no script but SORT_SCRIPT (by its hash)."""
+    script_hash = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
+    csp = (
+        "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; "
+        f"script-src 'sha256-{script_hash}'"
+    )
+    title = html.escape(title)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"  # no favicon request (a 404 on a plain server)
+        f"<title>{title}</title><style>{STYLE}{extra_style}</style></head><body>"
+        f"<h1>{title}</h1>{body}<script>{SORT_SCRIPT}</script></body></html>\n"
+    )
 
 
 def render_page(
     metrics: dict, params: dict, items: list[GalleryItem], stems: list[str], curves_html: str
 ) -> str:
     """The gallery's HTML (files it refers to: ``audio/<stem>_*.wav``, ``images/*.png``)."""
-    script_hash = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
-    csp = (
-        "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; "
-        f"script-src 'sha256-{script_hash}'"
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        "<link rel='icon' href='data:,'>"  # no favicon request (a 404 on a plain server)
-        f"<title>Listening gallery</title><style>{STYLE}</style></head><body>"
-        f"<h1>Listening gallery</h1><p>{len(items)} test items. Spectrograms: 0 Hz (bottom) to "
-        "Nyquist on a mel scale, colours from -80 dBFS (dark) to 0 dBFS (light). Click a score "
-        "to sort.</p><div class='top'>"
+    return html_page(
+        "Listening gallery",
+        f"<p>{len(items)} test items. {SPECTROGRAM_NOTE} Click a score to sort.</p>"
+        "<div class='top'>"
         + _grouped_tables("Metrics", metrics, "metrics")
         + _grouped_tables("Params", params, "params")
         + "</div>"
         + curves_html
-        + _items_table(items, stems)
-        + f"<script>{SORT_SCRIPT}</script></body></html>\n"
+        + _items_table(items, stems),
     )
+
+
+@contextmanager
+def replacing_dir(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside ``out_dir`` (with ``audio/`` and ``images/``) to fill; on success it
+    replaces ``out_dir`` as a whole, on an error it is removed and ``out_dir`` is left as it was.
+
+    Yields:
+        the folder to fill.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".part"))
+    try:
+        (tmp / "audio").mkdir()
+        (tmp / "images").mkdir()
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes 0700 folders
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_gallery(
@@ -370,25 +433,14 @@ def write_gallery(
         the path of ``index.html``.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     stems = item_stems(items)
     cfg = SpectrogramConfig()
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".part"))
-    try:
-        (tmp / "audio").mkdir()
-        (tmp / "images").mkdir()
+    with replacing_dir(out_dir) as tmp:
         for item, stem in zip(items, stems, strict=True):
             _copy_item(item, stem, tmp, cfg)
         curves_html = _curves_section(curves, tmp) if curves is not None else ""
         page = render_page(metrics, params, items, stems, curves_html)
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes 0700 folders
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "index.html"
 
 
