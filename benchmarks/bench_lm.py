@@ -26,8 +26,14 @@ compared with fp32's over the whole run. Held-out cross-entropy of a trained mod
 ``tests/test_kernels.py::test_bf16_and_int8_logit_error_and_held_out_ce``.
 
 On CUDA (when present, or ``--device cuda``) both run on the GPU: ours with its static step in a
-CUDA graph (``generate(static_step=True)``), Hugging Face with its fastest documented settings
-(static cache and ``torch.compile``); this path is untested here (no GPU on the project's machine). Training speed: ``benchmarks/bench_train.py``.
+CUDA graph (``generate(static_step=True)``), captured once per case in the warm-up call and reused
+by the timed calls (:class:`KeptDecoders`); Hugging Face with its fastest documented settings
+(:func:`hf_settings`: a static cache for self-attention and one for cross-attention, kept across the
+case's calls, and transformers' own ``torch.compile`` of the decoding step, "reduce-overhead").
+``tests/test_bench_hf.py`` runs that same Hugging Face call on the CPU (uncompiled; compiled in
+its slow variant) against Hugging Face's greedy tokens, and the reuse of our decoder against fresh
+calls; the GPU run itself is untested here (no GPU on the project's machine). Training speed:
+``benchmarks/bench_train.py``.
 
 Usage:
     OMP_NUM_THREADS=1 python3 benchmarks/bench_lm.py                # the README's figures
@@ -42,17 +48,22 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, MusicgenDecoderConfig, MusicgenForCausalLM
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
+from transformers.generation import CompileConfig
 
+import musicgen.generate
 from musicgen.convert import convert_hf
-from musicgen.generate import SamplingConfig, generate
+from musicgen.generate import SamplingConfig, StepDecoder, generate
 from musicgen.kernels import WEIGHT_TYPES, kernel_weight, matmul, quantize
 from musicgen.lm import LM, PRESETS, load_lm
 
@@ -195,36 +206,111 @@ def step_floor(model: LM, batch: int, n_steps: int, weights: str, m: Machine) ->
     return max(bytes_read / m.bandwidth, flops / m.gemm[2 * batch])
 
 
-@torch.no_grad()
-def hf_generate(hf: MusicgenForCausalLM, states, mask, n_steps: int, cfg_coef: float, top_k: int):
-    batch = states.shape[0]
+@dataclass(frozen=True)
+class HFSettings:
+    """How Hugging Face's ``generate`` is called (see :func:`hf_settings`)."""
+
+    static_cache: bool  # two StaticCaches (self- and cross-attention), else two DynamicCaches
+    compile: bool  # transformers compiles the decoding step (torch.compile, "reduce-overhead")
+
+
+def hf_settings(device: torch.device) -> HFSettings:
+    """Hugging Face's fastest documented settings on CUDA (static cache, compiled decoding step);
+    its default dynamic cache elsewhere (on the CPU a static cache attends over all its steps)."""
+    on_gpu = device.type == "cuda"
+    return HFSettings(static_cache=on_gpu, compile=on_gpu)
+
+
+def hf_cache(
+    config: MusicgenDecoderConfig, settings: HFSettings, n_steps: int, text_len: int
+) -> EncoderDecoderCache:
+    """Hugging Face's cache for one case, kept across its calls: self-attention and cross-attention
+    in separate caches (``MusicgenForCausalLM`` alone would share one between them).
+
+    A static self-attention cache holds the ``n_steps`` fed steps and a static cross-attention
+    cache the ``text_len`` text keys; kept across calls, their tensors keep their addresses, so
+    the compiled step's CUDA graphs are recorded once.
+    """
+    if not settings.static_cache:
+        return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+    return EncoderDecoderCache(
+        StaticCache(config=config, max_cache_len=n_steps),
+        StaticCache(config=config, max_cache_len=text_len),
+    )
+
+
+def hf_generation_config(sampling: SamplingConfig, n_steps: int, compile: bool) -> GenerationConfig:
+    """Our sampling settings as Hugging Face's (``temperature`` 0: greedy), with the special ids.
+
+    ``compile``: transformers' own compilation of the decoding step, which it applies with a
+    static cache on CUDA; also on other devices here (its ``_compile_all_devices`` flag).
+    """
+    greedy = sampling.temperature == 0
     config = GenerationConfig(
         decoder_start_token_id=CARD,
         pad_token_id=CARD,
         bos_token_id=CARD,
         eos_token_id=None,
         max_new_tokens=n_steps,
+        num_beams=1,
         num_return_sequences=1,
-        do_sample=True,
-        top_k=top_k,
-        temperature=1.0,
-        guidance_scale=cfg_coef,
+        do_sample=not greedy,
+        top_k=None if greedy else sampling.top_k or None,
+        top_p=None if greedy else sampling.top_p or None,
+        temperature=None if greedy else sampling.temperature,
+        guidance_scale=sampling.cfg_coef,
         use_cache=True,
+        disable_compile=not compile,
     )
-    device = states.device
-    extra = {}
-    if device.type == "cuda":  # Hugging Face's fastest documented settings (untested here)
-        config.cache_implementation = "static"
-    else:
-        extra["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    return hf.generate(
-        torch.full((batch * K, 1), CARD, device=device),
-        generation_config=config,
-        attention_mask=torch.ones(batch * K, 1, dtype=torch.long, device=device),
-        encoder_hidden_states=torch.cat([states, torch.zeros_like(states)]),
-        encoder_attention_mask=torch.cat([mask, torch.zeros_like(mask)]),
-        **extra,
-    )
+    if compile:
+        config.compile_config = CompileConfig()
+        config.compile_config._compile_all_devices = True
+    return config
+
+
+class HFGenerate:
+    """One case of Hugging Face's generation: its config, inputs and cache, built once.
+
+    Each call resets the cache and runs ``generate`` from the special token, conditioned on the
+    text states doubled as [cond; zeros] (the null rows of classifier-free guidance) with an
+    all-ones decoder mask. Float32 always.
+
+    Args:
+        hf: the decoder, on the device of ``states``.
+        states: (B, L, D) text states; mask: (B, L) int64.
+        n_steps: steps of the pattern (frames + K - 1) to generate.
+        sampling: guidance and sampling (``temperature`` 0: greedy).
+        settings: cache and compilation (:func:`hf_settings` of the device).
+    """
+
+    def __init__(
+        self,
+        hf: MusicgenForCausalLM,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        n_steps: int,
+        sampling: SamplingConfig,
+        settings: HFSettings,
+    ):
+        self.hf, self.rows = hf, states.shape[0] * K
+        self.config = hf_generation_config(sampling, n_steps, settings.compile)
+        self.cache = hf_cache(hf.config, settings, n_steps, states.shape[1])
+        self.states = torch.cat([states, torch.zeros_like(states)])
+        self.mask = torch.cat([mask, torch.zeros_like(mask)])
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        """Codes (B, K, T) as Hugging Face reverts its delay pattern."""
+        self.cache.reset()
+        device = self.states.device
+        return self.hf.generate(
+            torch.full((self.rows, 1), CARD, device=device),
+            generation_config=self.config,
+            attention_mask=torch.ones(self.rows, 1, dtype=torch.long, device=device),
+            encoder_hidden_states=self.states,
+            encoder_attention_mask=self.mask,
+            cache=self.cache,
+        )
 
 
 def synchronized(fn, device: torch.device):
@@ -238,12 +324,55 @@ def synchronized(fn, device: torch.device):
     return run
 
 
+class KeptDecoders:
+    """Stands in for ``musicgen.generate.StepDecoder`` so that repeated ``generate`` calls of one
+    case reuse one decoder: its KV cache, its stored weights and its :class:`StaticStep`, whose
+    CUDA graph is then captured once (in the warm-up call), not in every timed call.
+
+    ``generate`` builds its decoder inside (no argument takes one), hence the stand-in, active
+    within :meth:`installed`. A decoder is kept per model and settings and reused while the memory
+    is the same (its cross-attention keys, computed on the first call, stay valid): its length is
+    reset to 0, the self-attention steps are overwritten from step 0 and the static step masks
+    those not yet written. ``built`` counts the decoders built (one per case when reused).
+    """
+
+    def __init__(self):
+        self.kept: dict[tuple, StepDecoder] = {}
+        self.built = 0
+
+    def __call__(
+        self, model: LM, memory: torch.Tensor, memory_mask: torch.Tensor, *args, **kwargs
+    ) -> StepDecoder:
+        """``StepDecoder(model, memory, memory_mask, *args, **kwargs)``, kept or reset."""
+        key = (id(model), tuple(memory.shape), args, tuple(sorted(kwargs.items())))
+        decoder = self.kept.get(key)
+        if (
+            decoder is not None
+            and torch.equal(decoder.memory, memory)
+            and torch.equal(decoder.memory_mask, memory_mask)
+        ):
+            decoder.cache.length = 0
+            return decoder
+        self.built += 1
+        self.kept[key] = StepDecoder(model, memory, memory_mask, *args, **kwargs)
+        return self.kept[key]
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """``generate`` builds its decoders through this object."""
+        with mock.patch.object(musicgen.generate, "StepDecoder", self):
+            yield
+
+
 def time_batch(
     hf: MusicgenForCausalLM, ours: LM, batch: int, weights: list[str], args
 ) -> dict[str, float]:
     """The fastest seconds of a whole generation of ours with each stored type and of HF's.
 
-    Runs alternate: one warm-up round (it also compiles), then ``args.repeats`` timed rounds.
+    Runs alternate: one warm-up round (it also compiles and captures), then ``args.repeats``
+    timed rounds. On CUDA ours reuses its decoder and CUDA graph across the rounds
+    (:class:`KeptDecoders`), as Hugging Face reuses its static cache and compiled graphs
+    (:class:`HFGenerate`).
     """
     device = torch.device(args.device)
     n_steps = ours.pattern(args.frames).n_steps
@@ -252,22 +381,35 @@ def time_batch(
     states, mask = states.to(device), mask.to(device)
     gen = torch.Generator(device).manual_seed(0)
     on_gpu = device.type == "cuda"  # ours: the static step in a CUDA graph
+    kept = KeptDecoders()
 
     def ours_run(w):
-        return lambda: generate(
-            ours, states, mask.bool(), args.frames, sampling, gen, weights=w, static_step=on_gpu
-        )
+        def run():
+            with kept.installed() if on_gpu else nullcontext():
+                generate(
+                    ours,
+                    states,
+                    mask.bool(),
+                    args.frames,
+                    sampling,
+                    gen,
+                    weights=w,
+                    static_step=on_gpu,
+                )
+
+        return run
 
     runs = {w: synchronized(ours_run(w), device) for w in weights}
-    runs["HF"] = synchronized(
-        lambda: hf_generate(hf, states, mask, n_steps, sampling.cfg_coef, sampling.top_k), device
-    )
+    hf_run = HFGenerate(hf, states, mask, n_steps, sampling, hf_settings(device))
+    runs["HF"] = synchronized(hf_run, device)
     best = dict.fromkeys(runs, float("inf"))
     for round_ in range(1 + args.repeats):
         for name, run in runs.items():
             seconds = fastest(run, 1)
             if round_:
                 best[name] = min(best[name], seconds)
+    if kept.built > len(weights):
+        print(f"  note: ours built {kept.built} decoders for {len(weights)} cases", flush=True)
     return best
 
 
@@ -278,8 +420,6 @@ def bench_generation(
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(preset, Path(tmp))
     hf, ours = hf.to(device), ours.to(device)
-    if device.type == "cuda":
-        hf.forward = torch.compile(hf.forward, mode="reduce-overhead")
     n_steps = ours.pattern(args.frames).n_steps
     for batch in batches:
         best = time_batch(hf, ours, batch, weights, args)
