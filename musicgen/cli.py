@@ -6,7 +6,9 @@
 - ``musicgen info [RUN_DIR]``: what a run holds (clips, splits, codebooks, the LM and its training,
   the metrics);
 - ``musicgen convert-hf SRC DST``: a Hugging Face MusicGen checkpoint in this project's LM format
-  (see :mod:`musicgen.convert`).
+  (see :mod:`musicgen.convert`);
+- ``musicgen compare A B --out DIR``: an A/B listening page of two runs or DVC experiments
+  (:mod:`musicgen.cli_compare`).
 """
 
 from __future__ import annotations
@@ -566,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(commands)
     add_info(commands)
     add_convert_hf(commands)
+    from musicgen.cli_compare import add_compare  # its own module (it imports this one)
+
+    add_compare(commands)
     return parser
 
 
