@@ -14,10 +14,17 @@ text width, pattern): ``lm.preset`` and ``lm.overrides`` are not used, and ``lm.
 ``lm.delays`` must agree with it. ``lm.dropout`` (a training knob) applies. A checkpoint that does
 not fit the run's data (codec card, codebooks, text width, and for a Hugging Face MusicGen its
 codec's sample rate and hop) is refused with an :class:`IncompatibleCheckpoint` that says which.
+
+Host memory under torchrun: the ranks of a node convert one at a time (a lock file beside the
+cache entry: the first converts, the others find its result), and each rank's model is the
+checkpoint file memory-mapped (:func:`load_init_lm`), so the node holds one copy, in the page
+cache, instead of one per rank.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,8 +34,11 @@ import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from musicgen.io import content_hash
-from musicgen.lm import LMConfig
+from musicgen.lm import LM, LMConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +144,31 @@ def resolve_init(init_from: str, cache_dir: Path) -> InitCheckpoint:
     return InitCheckpoint(init_from, lm_dir, config, codec, content_hash(files))
 
 
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Holds an exclusive ``flock`` on the file ``lock`` (made if missing) inside the block."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def convert_once(src: str, dst: Path) -> None:
     """Converts a Hugging Face MusicGen into ``dst`` unless it is there; a stopped conversion
-    leaves nothing under ``dst``."""
+    leaves nothing under ``dst``.
+
+    One process at a time (a lock on ``.<dst name>.lock`` beside ``dst``): the ranks of a torchrun
+    launch wait for the first one's conversion instead of each loading the whole Hugging Face
+    model into host memory at once.
+    """
+    with exclusive(dst.parent / f".{dst.name}.lock"):
+        _convert_once(src, dst)
+
+
+def _convert_once(src: str, dst: Path) -> None:
     from transformers import AutoConfig
 
     from musicgen.convert import CONDITIONAL, convert_hf
@@ -164,7 +196,7 @@ def convert_once(src: str, dst: Path) -> None:
             shutil.rmtree(dst)
         try:
             os.replace(tmp, dst)
-        except OSError:  # another rank of a torchrun launch converted it first
+        except OSError:  # another process converted it first (a filesystem without flock)
             if not is_lm_dir(dst):
                 raise
     finally:
@@ -223,3 +255,27 @@ def init_lm_config(init: InitCheckpoint, lm_params: dict) -> LMConfig:
         ", ".join(f"{k} {getattr(cfg, k)}" for k in ARCHITECTURE),
     )
     return cfg
+
+
+def load_init_lm(init: InitCheckpoint, cfg: LMConfig) -> LM:
+    """The LM of a fine-tuning run, its parameters the checkpoint's tensors memory-mapped.
+
+    The model is built on the meta device (no random initialisation, no second copy) and takes
+    the tensors that safetensors maps from ``model.safetensors`` (a private, copy-on-write
+    mapping: training on the CPU never writes the file). The ranks of a node then share one copy
+    of the weights in the page cache, from which ``model.to(cuda)`` reads; a tensor stored in
+    another dtype than the model's is converted (a copy).
+
+    Args:
+        init: the resolved checkpoint.
+        cfg: the run's LM config (:func:`init_lm_config`).
+    """
+    with torch.device("meta"):
+        model = LM(cfg)
+    expected = model.state_dict()
+    weights = load_file(str(init.lm_dir / "model.safetensors"))
+    for name, value in weights.items():
+        if name in expected and value.dtype != expected[name].dtype:
+            weights[name] = value.to(expected[name].dtype)
+    model.load_state_dict(weights, assign=True)  # strict: every parameter, the right shapes
+    return model

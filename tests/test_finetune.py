@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,8 @@ from transformers import (
 from musicgen import finetune as F
 from musicgen.convert import convert_hf
 from musicgen.data.store import CodesAndText, save_text, save_tokens
-from musicgen.lm import LMConfig, load_lm
+from musicgen.io import content_hash
+from musicgen.lm import LM, LMConfig, load_lm, save_lm
 from musicgen.pipeline import training
 from musicgen.train import validation_ce
 
@@ -158,6 +163,73 @@ def test_a_converted_checkpoint_is_used_in_place_and_a_conversion_is_cached(inpu
     assert not (inputs["root"] / "unused").exists()
 
 
+def test_the_ranks_of_a_node_convert_one_at_a_time(inputs, monkeypatch):
+    """Two processes (here threads, each with its own lock file handle) resolving the same Hugging
+    Face checkpoint at once: one converts, the other waits and uses its result."""
+    import musicgen.convert as C
+
+    hf, cache = save_hf_musicgen(inputs["root"] / "hf"), inputs["root"] / "cache"
+    real_convert, conversions = C.convert_hf, []
+
+    def slow_convert(src, dst):
+        conversions.append(src)
+        time.sleep(0.5)  # a large checkpoint: long enough for the other to arrive meanwhile
+        return real_convert(src, dst)
+
+    monkeypatch.setattr(C, "convert_hf", slow_convert)
+    found = []
+    ranks = [threading.Thread(target=lambda: found.append(F.resolve_init(str(hf), cache)))]
+    ranks.append(threading.Thread(target=ranks[0]._target))
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join()
+    assert len(conversions) == 1
+    assert len(found) == 2 and found[0].digest == found[1].digest
+
+
+MAPPED_PROBE = """
+import json, sys
+from pathlib import Path
+import torch
+from musicgen import finetune as F
+
+def anon_kib():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("RssAnon:")).split()[1])
+
+init = F.resolve_init(sys.argv[1], Path(sys.argv[2]))
+torch.nn.init.normal_(torch.empty(1, device="meta"))  # torch's first meta op: ~70 MB of imports
+before = anon_kib()
+model = F.load_init_lm(init, init.config)
+with torch.no_grad():
+    total = sum(float(p.sum()) for p in model.parameters())  # every page read
+    grown = anon_kib() - before
+    model.heads[0].weight.add_(1.0)  # a training step writes the parameters in place
+print(json.dumps({"grown_kib": grown, "total": total}))
+"""
+
+
+def test_init_weights_are_mapped_from_the_file_and_training_never_writes_it(tmp_path):
+    """``load_init_lm`` in a fresh process: reading every weight of a ~70 MB checkpoint grows the
+    process's private memory by less than a quarter of the file (the pages are the file's, shared
+    by a node's ranks through the page cache; ``LM(cfg)`` + ``load_state_dict`` made a private
+    copy), the weights are the file's, and writing a parameter leaves the file unchanged."""
+    cfg = LMConfig(d_model=512, n_heads=8, n_layers=4, ffn_dim=2048, card=32, text_dim=8)
+    torch.manual_seed(0)
+    weights = LM(cfg).state_dict()
+    save_lm(tmp_path / "lm", weights, cfg)
+    file = tmp_path / "lm" / "model.safetensors"
+    digest = content_hash([file])
+    probe = [sys.executable, "-c", MAPPED_PROBE, str(tmp_path / "lm"), str(tmp_path / "cache")]
+    out = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["grown_kib"] * 1024 < file.stat().st_size / 4, result
+    assert result["total"] == pytest.approx(sum(float(v.sum()) for v in weights.values()))
+    assert content_hash([file]) == digest
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -201,7 +273,8 @@ def test_a_hub_id_that_cannot_be_fetched_says_so(tmp_path):
         F.resolve_init("no-such-org-h4/no-such-musicgen", tmp_path / "cache")
     with pytest.raises(F.IncompatibleCheckpoint, match="no such directory"):
         F.resolve_init(str(tmp_path / "missing"), tmp_path / "cache")
-    assert not any((tmp_path / "cache").glob("*"))  # nothing half-converted left
+    left = [p.name for p in (tmp_path / "cache").glob("*")]
+    assert left in ([], [".hub-no-such-org-h4--no-such-musicgen.lock"])  # nothing half-converted
 
 
 def interrupt_after_first_checkpoint(monkeypatch, inputs, ckpt: str) -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from musicgen.data.store import CodesAndText
 from musicgen.finetune import CodecSpec, InitCheckpoint
@@ -209,9 +208,7 @@ def train(
     else:
         lm_cfg = lm_config(lm_params, train_data.text_dim, codec.codebook_size, n_codebooks)
     torch.manual_seed(cfg.seed)
-    model = LM(lm_cfg)
-    if init is not None:
-        model.load_state_dict(load_file(str(init.lm_dir / "model.safetensors")))
+    model = LM(lm_cfg) if init is None else F.load_init_lm(init, lm_cfg)  # mapped, not copied
     if captions is not None:
         captions = {**captions, "captions": config_hash(train_data.words)}
     inputs = input_hashes(tokens_dir, text_dir, split_dir, captions)
