@@ -26,6 +26,11 @@ the earlier code):
 This is why we implement it and no other: it is what the published numbers are, and it is defined
 per segment, so clips longer than the classifier's window count every part of them. We compute in
 float64 (audiocraft in float32; the difference is far below the metric's run-to-run spread).
+
+Which PaSST: audiocraft's MusicGen solver config sets ``metrics.kld.passt.pretrained_length: 20``,
+which loads hear21passt's ``base20sec`` (the 20 s variant, 20 s segments); without it (and for
+AudioGen) the 10 s ``base``. The segment length is a parameter here (``segment_s``), the 20 s
+weights :data:`musicgen.metrics.passt.PASST_20S_URL`.
 """
 
 from __future__ import annotations

@@ -63,6 +63,12 @@ PASST_URL = (
     "https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/"
     "passt-s-f128-p16-s10-ap.476-swa.pt"
 )
+# The 20 s variant (hear21passt's base20sec, ``PasstConfig(max_frames=2000)`` with 20 s segments):
+# audiocraft's MusicGen solver config asks for it (``metrics.kld.passt.pretrained_length: 20``).
+PASST_20S_URL = (
+    "https://github.com/kkoutini/PaSST/releases/download/v0.0.5/"
+    "passt-s-f128-20sec-p16-s10-ap.474-swa.pt"
+)
 
 
 @dataclass
@@ -77,7 +83,7 @@ class PasstConfig:
         n_classes: classifier outputs.
         n_mels: input mel bins.
         max_frames: input frames the time embeddings were made for (hear21passt's ``input_tdim``):
-            ``max_frames // stride`` time columns (99: 10 s).
+            ``max_frames // stride`` time columns (99: 10 s; 2000 for the 20 s variant: 200).
         patch: patch side.
         stride: patch stride over frequency and time.
     """
@@ -244,7 +250,7 @@ class Passt(nn.Module):
         if columns > self.time_new_pos_embed.shape[-1]:
             raise ValueError(
                 f"PaSST input of {mel.shape[-1]} frames ({columns} patch columns) is longer than "
-                f"the {self.time_new_pos_embed.shape[-1]} columns its time embeddings cover (10 s)"
+                f"the {self.time_new_pos_embed.shape[-1]} columns its time embeddings cover"
             )
         if columns == 0:
             raise ValueError(f"PaSST needs {self.cfg.patch} frames or more, got {mel.shape[-1]}")

@@ -55,13 +55,13 @@ def their_mel(hear21passt) -> torch.nn.Module:
         ).eval()  # fmt: skip
 
 
-def their_small_net(hear21passt, seed: int = 3) -> torch.nn.Module:
+def their_small_net(hear21passt, seed: int = 3, frames: int = 998) -> torch.nn.Module:
     """hear21passt's PaSST class at SMALL's sizes (10 s of positions, stride 10), spread weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with quiet():
             net = hear21passt[0].PaSST(
-                img_size=(128, 998), patch_size=16, stride=10, in_chans=1, num_classes=527,
+                img_size=(128, frames), patch_size=16, stride=10, in_chans=1, num_classes=527,
                 embed_dim=SMALL.embed_dim, depth=SMALL.depth, num_heads=SMALL.num_heads,
                 distilled=True,
             )  # fmt: skip
@@ -150,10 +150,11 @@ def test_release_architecture_logits_match(their_release_net):
     np.testing.assert_allclose(got_features.numpy(), features.numpy(), atol=1e-4, rtol=0)
 
 
-def audiocraft_probs(wrapper: torch.nn.Module, clip: np.ndarray) -> np.ndarray:
+def audiocraft_probs(wrapper: torch.nn.Module, clip: np.ndarray, seconds: int = 10) -> np.ndarray:
     """audiocraft's ``PasstKLDivergenceMetric`` on one 32 kHz clip: (segments, 527) softmax."""
     wav = torch.from_numpy(clip)[None]
-    segments = [s for s in torch.split(wav, int(10 * SR), dim=-1) if s.size(-1) > int(0.15 * SR)]
+    split = torch.split(wav, int(seconds * SR), dim=-1)
+    segments = [s for s in split if s.size(-1) > int(0.15 * SR)]
     with torch.no_grad(), quiet(), torch.random.fork_rng(devices=[]):
         return np.stack([torch.softmax(wrapper(s), dim=-1).mean(0).numpy() for s in segments])
 
@@ -177,6 +178,20 @@ def test_embedder_equals_hear21passt_as_audiocraft_runs_it(hear21passt, seconds=
     with torch.no_grad(), quiet(), torch.random.fork_rng(devices=[]):
         first = wrapper(torch.from_numpy(clips[:, : 10 * SR])).numpy()
     np.testing.assert_allclose(out.embeddings[:, 0], first, atol=1e-4, rtol=0)
+
+
+def test_the_20_s_variant_runs_20_s_segments(hear21passt):
+    """hear21passt's base20sec layout (200 time columns), as audiocraft's pretrained_length: 20."""
+    from hear21passt.wrapper import PasstBasicWrapper
+
+    net = their_small_net(hear21passt, frames=2000)
+    wrapper = PasstBasicWrapper(mel=their_mel(hear21passt), net=net, mode="logits").eval()
+    ours = P.Passt(P.PasstConfig(embed_dim=64, depth=2, num_heads=4, max_frames=2000))
+    ours.load_state_dict(net.state_dict())
+    out = P.PasstEmbedder(ours, torch.device("cpu"), segment_s=20).outputs(music(25.0)[None], SR)
+    assert out.bounds == [(0, 20 * SR), (20 * SR, 25 * SR)]
+    expected = audiocraft_probs(wrapper, music(25.0), seconds=20)
+    np.testing.assert_allclose(out.probs[0], expected, atol=1e-6, rtol=1e-4)
 
 
 def test_other_rates_are_resampled_and_batches_stay_bounded():
