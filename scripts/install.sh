@@ -29,6 +29,10 @@ if [ "$HAVE" != "$TORCH" ]; then  # keep the user's torch, say what that costs
   CONSTRAINTS="${TMPDIR:-/tmp}/musicgen-constraints.txt"
 fi
 "$PY" -m pip install --quiet -c "$CONSTRAINTS" -e ".[dev]"
+# PaSST parity tests (tests/metrics/test_passt.py): hear21passt's own modules, without the
+# torchaudio and timm it asks for (the CPU torch here cannot import PyPI's torchaudio; the tests
+# stand in for the two import-time pieces they touch, see tests/metrics/hear21passt_shim.py)
+"$PY" -m pip install --quiet --no-deps "hear21passt==0.0.26"
 # git identity for `dvc exp run` (it commits experiments) on machines that have none
 git config user.email >/dev/null || git config user.email "musicgen-dvc@localhost"
 git config user.name >/dev/null || git config user.name "musicgen-dvc"
