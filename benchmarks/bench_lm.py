@@ -27,7 +27,7 @@ compared with fp32's over the whole run. Held-out cross-entropy of a trained mod
 
 On CUDA (when present, or ``--device cuda``) both run on the GPU: ours with its static step in a
 CUDA graph (``generate(static_step=True)``), captured once per case in the warm-up call and reused
-by the timed calls (:class:`KeptDecoders`); Hugging Face with its fastest documented settings
+by the timed calls (a :class:`musicgen.generate.DecoderPool`); Hugging Face with its fastest documented settings
 (:func:`hf_settings`: a static cache for self-attention and one for cross-attention, kept across the
 case's calls, and transformers' own ``torch.compile`` of the decoding step, "reduce-overhead").
 ``tests/test_bench_hf.py`` runs that same Hugging Face call on the CPU (uncompiled; compiled in
@@ -48,11 +48,8 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -61,9 +58,8 @@ from transformers import GenerationConfig, MusicgenDecoderConfig, MusicgenForCau
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.generation import CompileConfig
 
-import musicgen.generate
 from musicgen.convert import convert_hf
-from musicgen.generate import SamplingConfig, StepDecoder, generate
+from musicgen.generate import DecoderPool, SamplingConfig, generate
 from musicgen.kernels import WEIGHT_TYPES, kernel_weight, matmul, quantize
 from musicgen.lm import LM, PRESETS, load_lm
 
@@ -324,55 +320,15 @@ def synchronized(fn, device: torch.device):
     return run
 
 
-class KeptDecoders:
-    """Stands in for ``musicgen.generate.StepDecoder`` so that repeated ``generate`` calls of one
-    case reuse one decoder: its KV cache, its stored weights and its :class:`StaticStep`, whose
-    CUDA graph is then captured once (in the warm-up call), not in every timed call.
-
-    ``generate`` builds its decoder inside (no argument takes one), hence the stand-in, active
-    within :meth:`installed`. A decoder is kept per model and settings and reused while the memory
-    is the same (its cross-attention keys, computed on the first call, stay valid): its length is
-    reset to 0, the self-attention steps are overwritten from step 0 and the static step masks
-    those not yet written. ``built`` counts the decoders built (one per case when reused).
-    """
-
-    def __init__(self):
-        self.kept: dict[tuple, StepDecoder] = {}
-        self.built = 0
-
-    def __call__(
-        self, model: LM, memory: torch.Tensor, memory_mask: torch.Tensor, *args, **kwargs
-    ) -> StepDecoder:
-        """``StepDecoder(model, memory, memory_mask, *args, **kwargs)``, kept or reset."""
-        key = (id(model), tuple(memory.shape), args, tuple(sorted(kwargs.items())))
-        decoder = self.kept.get(key)
-        if (
-            decoder is not None
-            and torch.equal(decoder.memory, memory)
-            and torch.equal(decoder.memory_mask, memory_mask)
-        ):
-            decoder.cache.length = 0
-            return decoder
-        self.built += 1
-        self.kept[key] = StepDecoder(model, memory, memory_mask, *args, **kwargs)
-        return self.kept[key]
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        """``generate`` builds its decoders through this object."""
-        with mock.patch.object(musicgen.generate, "StepDecoder", self):
-            yield
-
-
 def time_batch(
     hf: MusicgenForCausalLM, ours: LM, batch: int, weights: list[str], args
 ) -> dict[str, float]:
     """The fastest seconds of a whole generation of ours with each stored type and of HF's.
 
     Runs alternate: one warm-up round (it also compiles and captures), then ``args.repeats``
-    timed rounds. On CUDA ours reuses its decoder and CUDA graph across the rounds
-    (:class:`KeptDecoders`), as Hugging Face reuses its static cache and compiled graphs
-    (:class:`HFGenerate`).
+    timed rounds. Ours reuses its decoder (on CUDA its CUDA graph) across the rounds through a
+    :class:`DecoderPool`, as the generate stage does across batches and as Hugging Face reuses its
+    static cache and compiled graphs (:class:`HFGenerate`).
     """
     device = torch.device(args.device)
     n_steps = ours.pattern(args.frames).n_steps
@@ -381,21 +337,21 @@ def time_batch(
     states, mask = states.to(device), mask.to(device)
     gen = torch.Generator(device).manual_seed(0)
     on_gpu = device.type == "cuda"  # ours: the static step in a CUDA graph
-    kept = KeptDecoders()
+    pool = DecoderPool()
 
     def ours_run(w):
         def run():
-            with kept.installed() if on_gpu else nullcontext():
-                generate(
-                    ours,
-                    states,
-                    mask.bool(),
-                    args.frames,
-                    sampling,
-                    gen,
-                    weights=w,
-                    static_step=on_gpu,
-                )
+            generate(
+                ours,
+                states,
+                mask.bool(),
+                args.frames,
+                sampling,
+                gen,
+                weights=w,
+                static_step=on_gpu,
+                decoders=pool,
+            )
 
         return run
 
@@ -408,8 +364,8 @@ def time_batch(
             seconds = fastest(run, 1)
             if round_:
                 best[name] = min(best[name], seconds)
-    if kept.built > len(weights):
-        print(f"  note: ours built {kept.built} decoders for {len(weights)} cases", flush=True)
+    if pool.built > len(weights):
+        print(f"  note: ours built {pool.built} decoders for {len(weights)} cases", flush=True)
     return best
 
 

@@ -196,6 +196,14 @@ class StepDecoder:
                 compute_dtype=autocast_dtype_in_force(device),
             )
 
+    def restart(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> None:
+        """Starts a new sequence for another text of the same shape, keeping the cache's tensors,
+        the stored weights and the static step (its CUDA graph reads the same tensors)."""
+        self.memory, self.memory_mask, self.history = memory, memory_mask, None
+        if self.cache is not None:
+            self.cache.restart()
+            self.model.refresh_text(memory, memory_mask, self.cache)
+
     def __call__(self, steps: torch.Tensor) -> torch.Tensor:
         """Feeds input steps (N, K, n) and returns the logits (N, K, card) after the last one."""
         if self.cache is None:
@@ -207,6 +215,42 @@ class StepDecoder:
             return self.static(steps)
         h = self.model.hidden_steps(steps, self.memory, self.memory_mask, self.cache)
         return self.model.logits(h[:, -1:], self.cache)[:, :, 0]
+
+
+class DecoderPool:
+    """Keeps a :class:`StepDecoder` per model and shape across :func:`generate` calls.
+
+    A batch of the same shape (rows, text length, steps, settings) restarts the kept decoder
+    instead of building one: its KV cache, stored weights and static step are reused, so on CUDA
+    the decoding step's graph is captured once per shape, not once per batch. ``built`` counts
+    the decoders built.
+    """
+
+    def __init__(self):
+        self.kept: dict[tuple, StepDecoder] = {}
+        self.built = 0
+
+    def __call__(
+        self, model: LM, memory: torch.Tensor, memory_mask: torch.Tensor, *args, **kwargs
+    ) -> StepDecoder:
+        """``StepDecoder(model, memory, memory_mask, *args, **kwargs)``, kept and restarted."""
+        device = memory.device
+        key = (
+            id(model),
+            tuple(memory.shape),
+            memory.dtype,
+            device,
+            autocast_dtype_in_force(device),
+            args,
+            tuple(sorted(kwargs.items())),
+        )
+        decoder = self.kept.get(key)
+        if decoder is not None and decoder.model is model:
+            decoder.restart(memory, memory_mask)
+            return decoder
+        self.built += 1
+        self.kept[key] = StepDecoder(model, memory, memory_mask, *args, **kwargs)
+        return self.kept[key]
 
 
 @torch.no_grad()
@@ -284,6 +328,7 @@ def generate(
     fast_kernel: bool = True,
     weights: str = "fp32",
     static_step: bool = False,
+    decoders: DecoderPool | None = None,
 ) -> torch.Tensor:
     """Samples codes for a batch of conditions, optionally continuing a prompt.
 
@@ -310,6 +355,8 @@ def generate(
         static_step: with the cache, run single steps as a :class:`StaticStep`: the same ops at
             every step, captured once in a CUDA graph on CUDA (untested here: no GPU); on the CPU
             it runs eagerly in torch (slower than the numba step; for testing).
+        decoders: a :class:`DecoderPool` that keeps the decoder for later calls of the same
+            shape (on CUDA: one graph capture for every batch of that shape); None builds one.
 
     Returns:
         codes (B, K, T) int64.
@@ -332,7 +379,7 @@ def generate(
     open_steps = (valid & ~forced).any(dim=0).nonzero()
     first = int(open_steps[0]) if len(open_steps) else S  # steps before it are all prompt
     n_cond = B if guided else None
-    decoder = StepDecoder(
+    decoder = (decoders or StepDecoder)(
         model, memory, memory_mask, S, use_cache, fast_kernel, n_cond, weights, static_step
     )
     steps = torch.cat([torch.full_like(seq[:, :, :1], special), seq[:, :, :first]], dim=2)

@@ -125,6 +125,7 @@ class KVCache:
         self.length = 0  # steps written so far
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer text keys/values
         self.cross_mask: torch.Tensor | None = None  # (B, 1, 1, L) bool
+        self.stale_text: set[int] = set()  # layers whose text keys a restart made stale
         self.layer_arrays: list[LayerArrays | None] = []  # per layer, for the fused step
         self.fused = None  # all of layer_arrays as a numba typed list, see LM.fused_layers
         self.fused_steps = 0
@@ -143,6 +144,13 @@ class KVCache:
             and self.position is None
             and self.kernel.handles(x)
         )
+
+    def restart(self) -> None:
+        """Empties the cache for a new sequence, keeping its tensors (and so the views of them a
+        numba step or a CUDA graph holds): steps are written again from 0, and the text keys and
+        values are stale until ``LM.refresh_text`` writes the new ones into the same tensors."""
+        self.length = 0
+        self.stale_text = set(range(len(self.cross)))
 
     def text_rows(self, rows: int) -> int:
         """How many of ``rows`` rows have a text condition (the first ones; see ``n_cond``)."""
@@ -237,14 +245,22 @@ class Block(nn.Module):
         ``rows`` is the cache's ``n_cond`` if set, else all rows. With a cache they are computed
         on the first call and kept (contiguous).
         """
-        if cache is not None and len(cache.cross) > layer:
+        kept = cache is not None and len(cache.cross) > layer
+        if kept and layer not in cache.stale_text:
             return *cache.cross[layer], cache.cross_mask
         a = self.cross_attn
         rows = memory.shape[0] if cache is None else cache.text_rows(memory.shape[0])
         memory = memory[:rows]
         k, v = (a.heads(project(p, memory, cache)).contiguous() for p in (a.k_proj, a.v_proj))
         mask = memory_mask[:rows, None, None, :]
+        if kept:  # a restarted cache: the new text into the tensors it holds
+            for old, new in zip(cache.cross[layer], (k, v), strict=True):
+                old.copy_(new)
+            cache.cross_mask.copy_(mask)
+            cache.stale_text.discard(layer)
+            return *cache.cross[layer], cache.cross_mask
         if cache is not None:
+            mask = mask.clone()  # the cache's own, so that a restart writes into it
             cache.cross.append((k, v))
             cache.cross_mask = mask
         return k, v, mask
@@ -493,6 +509,12 @@ class LM(nn.Module):
         if cache is not None:
             cache.length += seq.shape[2]
         return self.norm(x)
+
+    def refresh_text(self, memory: torch.Tensor, memory_mask: torch.Tensor, cache: KVCache):
+        """Writes the text keys and values of ``memory`` (B, L, D) into a restarted cache's
+        tensors (see ``KVCache.restart``)."""
+        for i, layer in enumerate(self.layers):
+            layer.text_keys(memory, memory_mask, cache, i)
 
     def fused_layers(self, x: torch.Tensor, cache: KVCache | None):
         """The typed list of every layer's arrays for one new step (x (B, 1, D)), or None.

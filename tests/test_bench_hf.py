@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_lm  # noqa: E402
 
-from musicgen.generate import SamplingConfig, generate  # noqa: E402
+from musicgen.generate import SamplingConfig  # noqa: E402
 
 GREEDY = SamplingConfig(cfg_coef=3.0, temperature=0)
 FRAMES = 6
@@ -71,27 +71,3 @@ def test_cuda_branch_settings_give_hugging_faces_greedy_tokens(pair, compiled):
     first, second = run(), run()
     assert reference.shape == (2, bench_lm.K, FRAMES)
     assert torch.equal(first, reference) and torch.equal(second, reference)
-
-
-def test_kept_decoders_reuse_one_static_step_per_case(pair):
-    """Under :class:`bench_lm.KeptDecoders`, repeated ``generate`` calls of one case build one
-    decoder (one static step: one CUDA-graph capture on CUDA) and give the codes of fresh calls
-    (sampled, from the same seed); other memory builds another."""
-    _, ours = pair
-    states, mask = bench_lm.conditioning(2, ours.cfg.d_model)
-    other = states.flip(0)
-    sampling = SamplingConfig(cfg_coef=3.0, top_k=50, temperature=1.0)
-
-    def codes(cond):
-        gen = torch.Generator().manual_seed(5)
-        return generate(ours, cond, mask.bool(), FRAMES, sampling, gen, static_step=True)
-
-    fresh, fresh_other = codes(states), codes(other)
-    kept = bench_lm.KeptDecoders()
-    with kept.installed():
-        again = [codes(states), codes(states)]
-        assert kept.built == 1
-        decoder = next(iter(kept.kept.values()))
-        assert decoder.static is not None and decoder.cache.length == ours.pattern(FRAMES).n_steps
-        assert torch.equal(codes(other), fresh_other) and kept.built == 2
-    assert all(torch.equal(a, fresh) for a in again)

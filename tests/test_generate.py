@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from musicgen.generate import SamplingConfig, StaticStep, draw, generate, sample_next
+from musicgen.generate import (
+    DecoderPool,
+    SamplingConfig,
+    StaticStep,
+    draw,
+    generate,
+    sample_next,
+)
 from musicgen.lm import LM, LMConfig, null_condition
 from musicgen.patterns import PATTERNS
 
@@ -248,3 +255,27 @@ def test_half_precision_decoding_casts_each_weight_once_not_at_every_step(weight
             for _ in range(3):
                 model.layers[0].fc1(x)
     assert mode.casts == 3
+
+
+@pytest.mark.parametrize("static_step", [False, True])
+def test_a_decoder_pool_restarts_one_decoder_for_batches_of_one_shape(static_step):
+    """Kept decoders (their cache, stored weights and static step: the CUDA graph on CUDA) give
+    what fresh ones give, for other texts of the same shape."""
+    model = tiny()
+    g = torch.Generator().manual_seed(5)
+    texts = [torch.randn(2, 5, 16, generator=g) for _ in range(3)]
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    sampled = SamplingConfig(cfg_coef=3.0, top_k=20, temperature=1.0)
+    pool = DecoderPool()
+    for i, cond in enumerate([*texts, texts[0]]):
+        for cfg in (GREEDY_CFG, sampled):
+            kw = {"static_step": static_step}
+            fresh = generate(model, cond, mask, 6, cfg, torch.Generator().manual_seed(i), **kw)
+            kept = generate(
+                model, cond, mask, 6, cfg, torch.Generator().manual_seed(i), decoders=pool, **kw
+            )
+            assert torch.equal(kept, fresh)
+    assert pool.built == 1
+    generate(model, texts[0][:1], mask[:1], 6, GREEDY_CFG, decoders=pool, static_step=static_step)
+    assert pool.built == 2  # another shape, another decoder

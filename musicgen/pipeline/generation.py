@@ -46,7 +46,7 @@ def _generate(
     from tqdm import tqdm
 
     from musicgen import codec as C
-    from musicgen.generate import SamplingConfig, generate
+    from musicgen.generate import DecoderPool, SamplingConfig, generate
 
     dtype = inference_dtype(params["precision"], device)
     static = device.type == "cuda"  # decoding steps in a CUDA graph; the CPU runs the numba step
@@ -65,6 +65,7 @@ def _generate(
     n_frames = data.n_frames
     generator = torch.Generator(device).manual_seed(params["seed"])
     codes, bs = [], params["batch_size"]
+    decoders = DecoderPool()  # batches of one shape reuse a decoder (on CUDA: one graph capture)
     rate = codec.config.sampling_rate
     for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
         b = data.batch(np.arange(i, min(i + bs, len(data))))
@@ -79,6 +80,7 @@ def _generate(
                 generator,
                 weights=params["weights"],
                 static_step=static,
+                decoders=decoders,
             )
         audio = C.decode(codec, out, dtype=dtype).numpy()  # (b, T * hop)
         out = out.cpu()
