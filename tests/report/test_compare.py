@@ -3,6 +3,7 @@ page in headless Chromium, and (slow) the page of two DVC experiments of the emb
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from browsercheck import open_gallery
-from pipeline_repo import SMALL, copy_project, ran_stages, run
+from pipeline_repo import SMALL, copy_project, run
 from reporthelpers import SAMPLE_RATE, SCRIPT_CAPTION, parse_page, tone
 from ruamel.yaml import YAML
 
 from musicgen.cli import main
 from musicgen.data.audio import write_wav
+from musicgen.report.gallery import safe_name
 
 IDS = ["clip-1", "clip 2 ✓", "x&y", "only-a"]
 CAPTIONS = [SCRIPT_CAPTION, "<img src=x onerror=alert(2)> drums & 'quotes'", "calm", "solo"]
@@ -116,7 +118,7 @@ def test_clips_are_copied_with_their_spectrograms(page, runs):
     out = page.parent
     a, b = runs
     for i, clip in enumerate(IDS[:3]):
-        stem = f"{i:03d}_{clip.replace(' ✓', '').replace('&', '_').replace(' ', '_')}"
+        stem = f"{i:03d}_{safe_name(clip)}"
         for kind, src in (
             ("reference", a / f"data/audio/{clip}.wav"),
             ("A", a / f"data/generated/audio/{clip}.wav"),
@@ -187,6 +189,77 @@ def test_runs_without_a_common_clip_are_an_error(tmp_path, capsys):
     assert "no test clip in common" in err
 
 
+COPY_STAGE = """
+import shutil
+from pathlib import Path
+from ruamel.yaml import YAML
+
+src = Path(YAML(typ="safe").load(Path("params.yaml"))["src"])
+for out in ("data/audio", "data/generated", "metrics"):
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src / out, out)
+Path("reports/eval").mkdir(parents=True, exist_ok=True)
+shutil.copyfile(src / "reports/eval/per_clip.csv", "reports/eval/per_clip.csv")
+"""
+COPY_DVC_YAML = """
+stages:
+  copy:
+    cmd: python stage.py
+    deps: [stage.py]
+    params: [src, train.lr]
+    outs: [data/audio, data/generated, {reports/eval/per_clip.csv: {cache: false}}]
+    metrics: [{metrics/eval.json: {cache: false}}, {metrics/train.json: {cache: false}}]
+"""
+
+
+@pytest.fixture
+def experiments(runs, tmp_path) -> Path:
+    """A DVC repository with experiments ``exp-a`` and ``exp-b``: a stage that copies run A's or
+    B's files (wavs into the DVC cache, the rest committed); the workspace is left at B's."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "stage.py").write_text(COPY_STAGE)
+    (repo / "dvc.yaml").write_text(COPY_DVC_YAML)
+    (repo / "params.yaml").write_text("src: none\ntrain:\n  lr: 0.0\n  steps: 12\n")
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    for name, src, lr in (("exp-a", runs[0], 1e-3), ("exp-b", runs[1], 5e-3)):
+        run(
+            ["dvc", "exp", "run", "-q", "-n", name, "-S", f"src={src}", "-S", f"train.lr={lr}"],
+            repo,
+        )
+    return repo
+
+
+def test_experiments_by_name_are_read_through_dvc(experiments, runs, tmp_path, capsys):
+    out = tmp_path / "compare"
+    main(["compare", "exp-a", "exp-b", "--out", str(out), "--repo", str(experiments)])
+    assert "A experiment exp-a (commit" in capsys.readouterr().out
+    assert score_rows(out / "index.html") == [expected_row(i) for i in range(3)]
+    text = "".join(parse_page((out / "index.html").read_text(encoding="utf-8")).text)
+    assert "train.lr0.0010.005" in text and "fad_mel3.751.667-2.083" in text
+    for side, src in (("A", runs[0]), ("B", runs[1])):  # A's wavs are not in the workspace
+        copied = (out / f"audio/000_clip-1_{side}.wav").read_bytes()
+        assert copied == (src / "data/generated/audio/clip-1.wav").read_bytes()
+    assert (out / "audio/000_clip-1_reference.wav").read_bytes() == (
+        runs[0] / "data/audio/clip-1.wav"
+    ).read_bytes()
+
+
+def test_an_unknown_experiment_or_one_out_of_the_cache_is_an_error(experiments, tmp_path, capsys):
+    repo = ["--repo", str(experiments)]
+    err = run_error(capsys, "exp-a", "exp-c", "--out", str(tmp_path / "out"), *repo)
+    assert "'exp-c' is neither a run directory nor an experiment or revision" in err
+    wav = (tmp_path / "run-a/data/generated/audio/x&y.wav").read_bytes()
+    md5 = hashlib.md5(wav).hexdigest()
+    (experiments / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()
+    err = run_error(capsys, "exp-a", "exp-b", "--out", str(tmp_path / "out"), *repo)
+    assert "experiment exp-a (commit" in err
+    assert "data/generated/audio/x&y.wav is not in the local DVC cache" in err
+
+
 ROW_IDS = "() => Array.from(document.querySelectorAll('#items tbody .id')).map(c => c.textContent)"
 
 
@@ -229,18 +302,37 @@ def test_compare_page_in_headless_chromium(page, tmp_path):
         assert log.dialogs == []
 
 
+def locked_md5(repo: Path, exp: str, stage: str, out: str, relpath: str) -> str:
+    """The md5 of file ``relpath`` of output ``out`` as the experiment's commit locks it (read
+    from git and the cache's ``.dir`` listing by hand, not through DVC's API)."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()
+    (ref,) = [r for r in refs if r.endswith(f"/{exp}")]
+    lock = YAML(typ="safe").load(run(["git", "show", f"{ref}:dvc.lock"], repo))
+    (entry,) = [o for o in lock["stages"][stage]["outs"] if o["path"] == out]
+    listing = json.loads(
+        (repo / ".dvc/cache/files/md5" / entry["md5"][:2] / entry["md5"][2:]).read_text()
+    )
+    (md5,) = [f["md5"] for f in listing if f["relpath"] == relpath]
+    return md5
+
+
 def compare_two_experiments(repo: Path, tmp_path: Path) -> None:
     """Two experiments of a committed pipeline copy that differ in a sampling param (generate and
     evaluate rerun), compared by name with ``musicgen compare`` and checked in Chromium."""
     run(["git", "checkout", "-q", "--", "params.yaml"], repo)
     for name, setting in (("cfg-one", "generate.cfg_coef=1.0"), ("top-k-five", "generate.top_k=5")):
-        out = run(["dvc", "exp", "run", "-n", name, "-S", setting], repo)
-        assert {"generate", "evaluate"} <= ran_stages(out)
+        run(["dvc", "exp", "run", "-n", name, "-S", setting], repo)
         run(["git", "checkout", "-q", "--", "params.yaml"], repo)
     n = len(pd.read_csv(repo / "reports/eval/per_clip.csv"))
     index = tmp_path / "compare/index.html"
     out = run(["musicgen", "compare", "cfg-one", "top-k-five", "--out", str(index.parent)], repo)
     assert "experiment cfg-one (commit" in out and "experiment top-k-five (commit" in out
+    first = pd.read_csv(repo / "reports/eval/per_clip.csv")["id"][0]
+    stem = f"000_{safe_name(first)}"
+    for side, exp in (("A", "cfg-one"), ("B", "top-k-five")):  # each experiment's own clip
+        wav = (index.parent / f"audio/{stem}_{side}.wav").read_bytes()
+        expected = locked_md5(repo, exp, "generate", "data/generated", f"audio/{first}.wav")
+        assert hashlib.md5(wav).hexdigest() == expected
     text = "".join(parse_page(index.read_text(encoding="utf-8")).text)
     assert "Params that differ" in text
     assert "generate.cfg_coef13" in text and "generate.top_k2505" in text  # A, then B
