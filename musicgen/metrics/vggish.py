@@ -246,7 +246,9 @@ class VGGishEmbedder:
     Args:
         model: The network (its weights decide what the numbers mean).
         device: Where the network runs (the front end runs there too).
-        batch_size: Examples per network call.
+        batch_size: Examples per network call; the front end (float64, about 13 MB per 10 s clip)
+            takes as many clips at a time as make ``batch_size`` examples (at least one clip), so
+            memory, host and device, does not grow with the number of clips.
     """
 
     name = "vggish"
@@ -257,9 +259,16 @@ class VGGishEmbedder:
         self.device = device
         self.batch_size = batch_size
 
+    def clips_per_call(self, n_samples: int, sample_rate: int) -> int:
+        """Clips of ``n_samples`` at ``sample_rate`` whose examples fill one network call."""
+        examples_per_clip = max(
+            1, int(n_samples / sample_rate / (EXAMPLE_FRAMES * HOP / SAMPLE_RATE))
+        )
+        return max(1, self.batch_size // examples_per_clip)
+
     @torch.no_grad()
     def embed_clips(self, clips: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Embeds clips of equal length.
+        """Embeds clips of equal length, :meth:`clips_per_call` clips at a time.
 
         Args:
             clips: (N, S) mono audio at ``sample_rate``.
@@ -267,10 +276,18 @@ class VGGishEmbedder:
         Returns:
             (N, E, 128) float64: one embedding per 0.96 s example of each clip.
         """
+        step = self.clips_per_call(clips.shape[-1], sample_rate)
+        return np.concatenate(
+            [self._embed(clips[i : i + step], sample_rate) for i in range(0, len(clips), step)]
+        )
+
+    def _embed(self, clips: np.ndarray, sample_rate: int) -> np.ndarray:
+        """(n, S) clips -> (n, E, 128) float64 embeddings, ``batch_size`` examples per call."""
         audio = np.stack([resample(c, sample_rate, SAMPLE_RATE) for c in clips])
-        x = examples(torch.from_numpy(audio).to(self.device))  # (N, E, 96, 64)
+        x = examples(torch.from_numpy(audio).to(self.device))  # (n, E, 96, 64) float64
         n, e = x.shape[:2]
         flat = x.reshape(n * e, 1, EXAMPLE_FRAMES, N_MELS).float()
+        del x
         out = [
             self.model(flat[i : i + self.batch_size]) for i in range(0, len(flat), self.batch_size)
         ]

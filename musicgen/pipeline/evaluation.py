@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from musicgen.data.audio import audio_problem, load_clips, normalise_loudness
+from musicgen.data.audio import audio_problem, normalise_loudness
 from musicgen.data.store import CodesAndText, load_tokens
 from musicgen.io import atomic_path
 from musicgen.lm import load_lm
@@ -174,7 +175,8 @@ def evaluate(
     real clips' score); per-codebook CE and perplexity of the valid and test splits. Also the
     per-clip table (id, caption, ``fd_<name>`` per multi-window embedder, ``clap``), the gallery
     (with the training loss and validation CE from the train stage's dvclive folder ``live_dir``,
-    when given) and spectrogram plots.
+    when given) and spectrogram plots. The generated clips are read and embedded
+    ``embed_batch_size`` at a time: memory does not grow with the number of clips.
     """
     from musicgen.device import pick_device
     from musicgen.metrics.clap import clap_scores
@@ -185,9 +187,11 @@ def evaluate(
     E.check_embedders(params["embedders"])
     device = pick_device(params["device"])
     gen_ids, _ = load_tokens(generated_dir / "tokens")
-    clips = load_clips(generated_dir / AUDIO, gen_ids, sample_rate)
+    prepare = None
     if params["loudness_db"] is not None:
-        clips = loudness_normalised(clips, params["loudness_db"], params["peak_db"])
+        prepare = partial(
+            loudness_normalised, target_db=params["loudness_db"], peak_db=params["peak_db"]
+        )
     captions = pd.read_csv(reference_dir / CAPTIONS, dtype=str).set_index("id")["caption"]
     missing = [i for i in gen_ids if i not in captions.index]
     if missing:
@@ -204,7 +208,14 @@ def evaluate(
             )
         reference = load_npz(reference_dir / f"{name}.npz")
         embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
-        generated = embedder.embed_clips(clips, sample_rate)  # (N, E, D)
+        generated = E.embed_files(  # (N, E, D), the audio read a batch at a time
+            embedder,
+            generated_dir / AUDIO,
+            gen_ids,
+            sample_rate,
+            params["embed_batch_size"],
+            prepare,
+        )
         scores, per_clip = score_embedder(reference, generated, params["fad_inf"])
         metrics.update({f"{k}_{name}": scores.pop(k) for k in ("fad", "fad_inf", "kad")})
         metrics["embedders"][name] = {"embedder": name, "weights": weights, **scores}

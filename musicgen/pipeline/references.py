@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from musicgen.data.audio import load_clips
 from musicgen.io import atomic_path
 from musicgen.metrics import embedders as E
 from musicgen.params import write_json
@@ -80,7 +79,8 @@ def reference_stats(
     Writes per embedder ``<name>.npz`` (``ids``, ``embeddings`` (N, E, D), ``mu`` (D,), ``cov``
     (D, D), ``kad_bandwidth``, ``kad_self_kernel``; for CLAP also ``text_embeddings`` (N, D) of the
     captions), ``captions.csv`` and ``stats.json`` (n, weights source, the CLAP score of the real
-    clips).
+    clips). The clips are read ``embed_batch_size`` at a time (``embedders.embed_files``), so
+    memory does not grow with the number of clips.
     """
     from musicgen.device import pick_device
     from musicgen.metrics.clap import clap_scores
@@ -94,12 +94,13 @@ def reference_stats(
         raise ValueError(f"{split_dir / 'test.txt'}: the reference set needs 2 clips or more")
     meta = read_metadata(raw_dir).set_index("ytid")
     captions = pd.DataFrame({"id": ids, "caption": [str(meta.at[i, "caption"]) for i in ids]})
-    clips = load_clips(audio_dir, ids, sample_rate)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"clips": len(ids)}
     for name in params["embedders"]:
         embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
-        emb = embedder.embed_clips(clips, sample_rate)  # (N, E, D)
+        emb = E.embed_files(  # (N, E, D), the audio read a batch at a time
+            embedder, audio_dir, ids, sample_rate, params["embed_batch_size"]
+        )
         flat = emb.reshape(-1, emb.shape[-1])
         mu, cov = gaussian(flat)
         kad_ref = KadReference.fit(flat)
