@@ -98,7 +98,8 @@ def tokenize(
 
     The codec runs on ``tokenize.device`` in ``tokenize.precision`` (``auto``: fp32 on every device,
     :func:`musicgen.device.encoding_dtype`),
-    ``tokenize.batch_size`` clips at a time (read from disk one batch at a time). The metrics are
+    ``tokenize.batch_size`` clips at a time (read from disk one batch at a time, the codes written
+    into one preallocated int16 array). The metrics are
     :func:`musicgen.codec.codebook_usage` of the training clips' codes (what the LM learns from).
     """
     from tqdm import tqdm
@@ -109,12 +110,13 @@ def tokenize(
     dtype = encoding_dtype(params["precision"], device)
     model = C.load_codec(str(codec_dir)).to(device)
     ids = used_ids(split_dir)
-    chunks, bs = [], params["batch_size"]
+    codes, bs = None, params["batch_size"]
     for i in tqdm(range(0, len(ids), bs), desc="tokenize", disable=not progress):
         audio = load_clips(audio_dir, ids[i : i + bs], sample_rate)
-        codes = C.encode(model, audio, n_codebooks=n_codebooks, batch_size=bs, dtype=dtype)
-        chunks.append(codes.numpy())
-    codes = np.concatenate(chunks)  # (N, K, T)
+        batch = C.encode(model, audio, n_codebooks=n_codebooks, batch_size=bs, dtype=dtype)
+        if codes is None:  # every clip has the same length: (N, K, T) int16, filled batch by batch
+            codes = np.empty((len(ids), *batch.shape[1:]), dtype=np.int16)
+        codes[i : i + len(batch)] = batch.numpy()  # codes < codebook size (2048)
     save_tokens(out_dir, ids, codes)
     n_train = len(read_split(split_dir, "train"))  # used_ids lists the training clips first
     write_json(
