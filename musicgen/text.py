@@ -7,6 +7,7 @@ saved with ``save_pretrained`` and loaded back through :func:`load_text_encoder`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +144,29 @@ def caption_variants(
     return out
 
 
+def token_lengths(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    batch_size: int = 1024,
+    max_tokens: int = 512,
+) -> np.ndarray:
+    """The number of tokens of each text, as :func:`encode_texts` encodes it.
+
+    Returns:
+        (N,) int64: the rows of each text's states (its real tokens, truncated to ``max_tokens``).
+    """
+    lengths = [
+        len(row)
+        for i in range(0, len(texts), batch_size)
+        for row in tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_tokens)[
+            "input_ids"
+        ]
+    ]
+    return np.array(lengths, dtype=np.int64)
+
+
 @torch.inference_mode()
-def encode_texts(
+def encode_batches(
     tokenizer: PreTrainedTokenizerBase,
     model: T5EncoderModel,
     texts: list[str],
@@ -152,8 +174,8 @@ def encode_texts(
     max_tokens: int = 512,
     progress: bool = True,
     dtype: torch.dtype | None = None,
-) -> list[np.ndarray]:
-    """Encodes texts with the frozen T5 encoder, on the model's device.
+) -> Iterator[list[np.ndarray]]:
+    """Encodes texts with the frozen T5 encoder, on the model's device, one batch at a time.
 
     Args:
         tokenizer: the T5 tokenizer.
@@ -165,11 +187,10 @@ def encode_texts(
         dtype: autocast dtype (``torch.bfloat16``), or None for float32. Not float16: T5's
             feed-forward activations overflow it (see :func:`musicgen.device.inference_dtype`).
 
-    Returns:
-        one float16 array (L_i, D) per text, holding only its real (unpadded) tokens.
+    Yields:
+        per batch, one float16 array (L_i, D) per text, holding only its real (unpadded) tokens.
     """
     device = model.device
-    out: list[np.ndarray] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="encode_text", disable=not progress):
         batch = tokenizer(
             texts[i : i + batch_size],
@@ -182,6 +203,16 @@ def encode_texts(
         with autocast(device, dtype):
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
         states = hidden.float().cpu().numpy()
-        for row, n in zip(states, batch["attention_mask"].sum(1).tolist(), strict=True):
-            out.append(row[:n].astype(np.float16))
-    return out
+        yield [
+            row[:n].astype(np.float16)
+            for row, n in zip(states, batch["attention_mask"].sum(1).tolist(), strict=True)
+        ]
+
+
+def encode_texts(*args, **kwargs) -> list[np.ndarray]:
+    """All of :func:`encode_batches` (same arguments) in one list: a float16 (L_i, D) per text.
+
+    For a few texts (inference, training on the fly); the encode_text stage streams the batches
+    to disk instead (:func:`musicgen.pipeline.captions.write_text_states`).
+    """
+    return [states for batch in encode_batches(*args, **kwargs) for states in batch]

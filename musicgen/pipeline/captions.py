@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from musicgen.data.store import save_text
+import numpy as np
+import pandas as pd
+
+from musicgen.data.store import save_table
 from musicgen.device import inference_dtype, pick_device
+from musicgen.io import atomic_path
 from musicgen.pipeline.common import read_metadata, read_split, used_ids
 
 
@@ -61,7 +66,60 @@ def encode_text(
             params["seed"],
         )
     ]
-    states = T.encode_texts(
+    lengths = T.token_lengths(tokenizer, texts)
+    batches = T.encode_batches(
         tokenizer, model, texts, params["batch_size"], progress=progress, dtype=dtype
     )
-    save_text(out_dir, ids, params["n_variants"], states)
+    write_text_states(out_dir, ids, params["n_variants"], lengths, model.config.d_model, batches)
+
+
+def write_text_states(
+    out_dir: Path,
+    ids: list[str],
+    n_variants: int,
+    lengths: np.ndarray,
+    dim: int,
+    batches: Iterable[list[np.ndarray]],
+) -> None:
+    """Writes text states in :func:`musicgen.data.store.save_text`'s layout, batch by batch.
+
+    ``embeddings.npy`` (sum of lengths, dim) float16 is written as the batches come (its header
+    first, from the lengths known in advance), so one batch of states is in memory at a time,
+    not the whole set (about 2 GB for MusicCaps' captions and variants with t5-base).
+
+    Args:
+        out_dir: the output folder.
+        ids: the clips; the states are ordered id-major, variant-minor.
+        n_variants: variants per clip.
+        lengths: (len(ids) * n_variants,) rows of each text's states.
+        dim: the states' width.
+        batches: lists of (L_i, dim) states, in order.
+
+    Raises:
+        ValueError: if the states' lengths or count differ from ``lengths``.
+    """
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+        "fortran_order": False,
+        "shape": (int(lengths.sum()), int(dim)),
+    }
+    n = 0
+    with atomic_path(out_dir / "embeddings.npy") as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)  # np.save's header, byte for byte
+        for states in (s for batch in batches for s in batch):
+            if n >= len(lengths) or states.shape != (lengths[n], dim):
+                raise ValueError(f"text {n}: states {states.shape}, expected ({lengths[n]}, {dim})")
+            f.write(np.ascontiguousarray(states, dtype=np.float16).tobytes())
+            n += 1
+        if n != len(lengths):
+            raise ValueError(f"{n} texts encoded, {len(lengths)} expected")
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    index = pd.DataFrame(
+        {
+            "ytid": np.repeat(ids, n_variants),
+            "variant": np.tile(np.arange(n_variants), len(ids)),
+            "offset": offsets,
+            "length": lengths,
+        }
+    )
+    save_table(out_dir / "index.csv", index)
