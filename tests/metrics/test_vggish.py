@@ -73,3 +73,26 @@ def test_resampling_other_rates_keeps_the_example_count():
     # the same seed gives the same weights
     again = V.VGGishEmbedder(V.random_vggish(seed=0), torch.device("cpu")).embed_clips(clips, 32000)
     np.testing.assert_array_equal(out, again)
+
+
+def test_clips_go_through_the_front_end_a_few_at_a_time_with_the_same_numbers(tmp_path):
+    from musicgen.data.audio import write_wav
+    from musicgen.metrics.embedders import embed_files
+
+    model = V.random_vggish(seed=0)
+    clips = np.random.default_rng(1).normal(size=(5, 32000 * 3)).astype(np.float32) * 0.1
+    small = V.VGGishEmbedder(model, torch.device("cpu"), batch_size=4)  # 3 examples per clip
+    sizes = []
+    embed = small._embed
+    small._embed = lambda c, sr: sizes.append(len(c)) or embed(c, sr)
+    got = small.embed_clips(clips, 32000)
+    assert sizes == [1] * 5  # 4 examples per call fit one clip's 3
+    whole = V.VGGishEmbedder(model, torch.device("cpu"), batch_size=64).embed_clips(clips, 32000)
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6)
+    for i, clip in enumerate(clips):
+        write_wav(tmp_path / f"c{i}.wav", clip, 32000, subtype="FLOAT")
+    ids = [f"c{i}" for i in range(5)]
+    from_files = embed_files(
+        V.VGGishEmbedder(model, torch.device("cpu"), 4), tmp_path, ids, 32000, 2
+    )
+    np.testing.assert_array_equal(from_files, got)
