@@ -147,7 +147,7 @@ def caption_variants(
 def token_lengths(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
-    batch_size: int = 1024,
+    batch_size: int = 256,
     max_tokens: int = 512,
 ) -> np.ndarray:
     """The number of tokens of each text, as :func:`encode_texts` encodes it.
