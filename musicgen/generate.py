@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from musicgen.device import device_scope
 from musicgen.kernels import kernel_available, sample_top_k
@@ -218,12 +219,13 @@ class StepDecoder:
 
 
 class DecoderPool:
-    """Keeps a :class:`StepDecoder` per model and shape across :func:`generate` calls.
+    """Keeps the last :class:`StepDecoder` across :func:`generate` calls.
 
     A batch of the same shape (rows, text length, steps, settings) restarts the kept decoder
     instead of building one: its KV cache, stored weights and static step are reused, so on CUDA
-    the decoding step's graph is captured once per shape, not once per batch. ``built`` counts
-    the decoders built.
+    the decoding step's graph is captured once, not once per batch (pad the texts to one length,
+    :func:`pad_text`, so that the batches share a shape). Only one decoder is kept, so memory
+    does not grow with the number of shapes seen. ``built`` counts the decoders built.
     """
 
     def __init__(self):
@@ -248,9 +250,25 @@ class DecoderPool:
         if decoder is not None and decoder.model is model:
             decoder.restart(memory, memory_mask)
             return decoder
+        self.kept.clear()  # the previous decoder's cache goes before the new one is made
         self.built += 1
         self.kept[key] = StepDecoder(model, memory, memory_mask, *args, **kwargs)
         return self.kept[key]
+
+
+def pad_text(
+    cond: torch.Tensor, cond_mask: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text states (B, L, D) and mask (B, L) padded with masked zeros to ``length`` >= L steps.
+
+    Masked steps take no part in cross-attention, so the codes are those of the unpadded text
+    (the logits within float rounding); batches of one length share a :class:`DecoderPool`
+    decoder and its CUDA graph.
+    """
+    extra = length - cond.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad {cond.shape[1]} text steps to {length}")
+    return F.pad(cond, (0, 0, 0, extra)), F.pad(cond_mask, (0, extra), value=False)
 
 
 @torch.no_grad()

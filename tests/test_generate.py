@@ -7,6 +7,7 @@ from musicgen.generate import (
     StaticStep,
     draw,
     generate,
+    pad_text,
     sample_next,
 )
 from musicgen.lm import LM, LMConfig, null_condition
@@ -278,4 +279,13 @@ def test_a_decoder_pool_restarts_one_decoder_for_batches_of_one_shape(static_ste
             assert torch.equal(kept, fresh)
     assert pool.built == 1
     generate(model, texts[0][:1], mask[:1], 6, GREEDY_CFG, decoders=pool, static_step=static_step)
-    assert pool.built == 2  # another shape, another decoder
+    assert pool.built == 2 and len(pool.kept) == 1  # another shape: another decoder, one kept
+    # texts padded to one length share the decoder and give the unpadded texts' codes
+    short = texts[1][:, :3], mask[:, :3]
+    padded = pad_text(*short, 5)
+    assert padded[0].shape == (2, 5, 16) and not padded[1][:, 3:].any()
+    fresh = generate(model, *short, 6, GREEDY_CFG, static_step=static_step)
+    generate(model, *texts[2:3], mask, 6, GREEDY_CFG, decoders=pool, static_step=static_step)
+    built = pool.built
+    kept = generate(model, *padded, 6, GREEDY_CFG, decoders=pool, static_step=static_step)
+    assert torch.equal(kept, fresh) and pool.built == built

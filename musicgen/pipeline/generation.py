@@ -46,7 +46,7 @@ def _generate(
     from tqdm import tqdm
 
     from musicgen import codec as C
-    from musicgen.generate import DecoderPool, SamplingConfig, generate
+    from musicgen.generate import DecoderPool, SamplingConfig, generate, pad_text
 
     dtype = inference_dtype(params["precision"], device)
     static = device.type == "cuda"  # decoding steps in a CUDA graph; the CPU runs the numba step
@@ -65,11 +65,15 @@ def _generate(
     n_frames = data.n_frames
     generator = torch.Generator(device).manual_seed(params["seed"])
     codes, bs = [], params["batch_size"]
+    text_length = max(1, int(data.spans[:, 0, 1].max(initial=0)))  # the longest caption
     decoders = DecoderPool()  # batches of one shape reuse a decoder (on CUDA: one graph capture)
     rate = codec.config.sampling_rate
     for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
         b = data.batch(np.arange(i, min(i + bs, len(data))))
-        cond, cond_mask = b.cond.to(device), b.cond_mask.to(device)
+        cond, cond_mask = b.cond, b.cond_mask
+        if static:  # every batch one shape: one decoder and one graph capture for the stage
+            cond, cond_mask = pad_text(cond, cond_mask, text_length)
+        cond, cond_mask = cond.to(device), cond_mask.to(device)
         with autocast(device, dtype, cache_enabled=not static):
             out = generate(  # (b, K, T)
                 model,
