@@ -89,8 +89,12 @@ class TrainConfig:
     dist_timeout_min: float = 60.0  # how long a rank waits in a collective (rank 0 saving) first
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("train.steps, train.batch_size and train.grad_accum must be >= 1")
+        if self.steps < 0:
+            raise ValueError(
+                f"train.steps must be >= 0 (0: the initial model as it is), got {self.steps}"
+            )
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
         if not 0.0 <= self.cfg_dropout <= 1.0:
             raise ValueError(f"train.cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):

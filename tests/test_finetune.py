@@ -348,3 +348,19 @@ def test_finetune_and_text_on_the_fly_through_dvc_exp_run(tmp_path):
     assert "text_on_the_fly" in out  # named among the changed parts of the resume key
     on_the_fly = json.loads((repo / "metrics/train.json").read_text())
     assert on_the_fly["steps"] == 4 and on_the_fly["val_ce_raw"] < on_the_fly["val_ce_init"]
+
+
+def test_zero_steps_writes_the_converted_checkpoint_as_it_is(inputs):
+    """``train.init_from`` with ``train.steps=0``: the stage's LM is the published model itself,
+    its step-0 validation CE in the metrics, so it is evaluated as a trained run is."""
+    hf = save_hf_musicgen(inputs["root"] / "hf")
+    metrics = run_stage(inputs, "lm", "ckpt", init_from=str(hf), steps=0)
+    convert_hf(str(hf), inputs["root"] / "converted")
+    converted = load_lm(inputs["root"] / "converted")
+    start, written = converted.state_dict(), weights(inputs["root"] / "lm")
+    assert start.keys() == written.keys()
+    assert all(torch.equal(written[k], start[k]) for k in start)
+    assert metrics["steps"] == 0 and metrics["tokens_seen"] == 0
+    assert metrics["val_ce"] == pytest.approx(metrics["val_ce_init"], rel=1e-6)
+    assert metrics["val_ce_raw"] == pytest.approx(metrics["val_ce_init"], rel=1e-6)
+    assert "train_loss_final" not in metrics  # no step was trained

@@ -160,6 +160,23 @@ def relaunched_under_torchrun(train_params: dict) -> bool:
     return True
 
 
+def untrained(
+    model: LM, valid_data: CodesAndText, cfg, ckpt_dir: Path, plots_dir: Path | None
+) -> dict:
+    """What :func:`musicgen.train.train` returns, for ``train.steps = 0``: the model's own
+    weights (as EMA and raw) and its validation CE, the step-0 point of the curves."""
+    from musicgen import train as TR
+
+    device = TR.pick_device(cfg.device)
+    val_ce = TR.validation_ce(model.to(device).eval(), valid_data, cfg.eval_batch_size, device)
+    history = [{"step": 0, "val_ce": float(val_ce.mean())}]
+    ckpt_dir.mkdir(parents=True, exist_ok=True)  # nothing to resume: no step is trained
+    if plots_dir is not None:
+        TR.open_live(plots_dir, history).end()
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"ema": weights, "history": history, "val_ce_init": val_ce, "val_ce_final_raw": val_ce}
+
+
 def train(
     lm_params: dict,
     train_params: dict,
@@ -216,7 +233,14 @@ def train(
     if TR.is_main_process():
         report_restart(ckpt_dir, run_hash, parts)
     started = time.perf_counter()
-    result = TR.train(model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress, plots_dir)
+    if cfg.steps == 0:  # the initial model as it is (a published checkpoint, evaluated as a run)
+        if not TR.is_main_process():
+            return
+        result = untrained(model, valid_data, cfg, ckpt_dir, plots_dir)
+    else:
+        result = TR.train(
+            model, train_data, valid_data, cfg, ckpt_dir, run_hash, progress, plots_dir
+        )
     if not TR.is_main_process():
         return  # under torchrun, rank 0 alone writes the outputs
     log.info("trained %d steps in %.1f s", cfg.steps, time.perf_counter() - started)
@@ -225,6 +249,7 @@ def train(
     val_ce = TR.validation_ce(model, valid_data, cfg.eval_batch_size, TR.pick_device(cfg.device))
     entropy = TR.token_entropy(train_data.codes, lm_cfg.card)
     history = result["history"]
+    trained = {"train_loss_final": history[-1]["train_loss"]} if cfg.steps else {}
     write_json(
         metrics_path,
         {
@@ -232,7 +257,7 @@ def train(
             "val_ce_init": float(result["val_ce_init"].mean()),  # the same at step 0
             "val_ce_raw": float(result["val_ce_final_raw"].mean()),  # the raw (non-EMA) weights
             "train_token_entropy": float(entropy.mean()),  # CE of a token-frequency model
-            "train_loss_final": history[-1]["train_loss"],
+            **trained,
             "steps": cfg.steps,
             "tokens_seen": cfg.steps
             * cfg.batch_size
