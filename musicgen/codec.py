@@ -404,9 +404,13 @@ def save_codec(model: EncodecModel, out_dir: Path) -> None:
 def load_codec(name_or_dir: str) -> EncodecModel:
     """Loads a codec with ``EncodecModel.from_pretrained`` in float32, eval mode.
 
+    A ``MusicgenForConditionalGeneration`` (``config.json`` with ``model_type: musicgen``) gives
+    its ``audio_encoder``, read alone from the checkpoint (:func:`musicgen.hf_parts.load_part`).
+
     Args:
-        name_or_dir: a local directory written by :func:`save_codec` or a hub id such as
-            ``facebook/encodec_32khz`` (needs the hub cache or network).
+        name_or_dir: a local directory written by :func:`save_codec`, a hub id such as
+            ``facebook/encodec_32khz`` (needs the hub cache or network), or a MusicGen's directory
+            or hub id (``facebook/musicgen-small``).
 
     Returns:
         The model.
@@ -421,7 +425,12 @@ def load_codec(name_or_dir: str) -> EncodecModel:
             f"codec directory {name_or_dir!r} has no config.json; build it with the codec stage "
             "(build_tiny_codec + fit_codebooks + save_codec) or give a hub id"
         )
+    from musicgen.hf_parts import load_part, musicgen_config
+
     try:
+        musicgen = musicgen_config(str(name_or_dir))
+        if musicgen is not None:
+            return load_part(str(name_or_dir), "audio_encoder", EncodecModel, musicgen)
         model = EncodecModel.from_pretrained(str(name_or_dir), dtype=torch.float32)
     except OSError as err:
         raise FileNotFoundError(

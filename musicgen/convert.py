@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
+from musicgen.hf_parts import CONDITIONAL  # MusicgenForConditionalGeneration's model_type
 from musicgen.lm import LM, LMConfig
 
 log = logging.getLogger(__name__)
 
-CONDITIONAL = "musicgen"  # MusicgenForConditionalGeneration
 CAUSAL = "musicgen_decoder"  # MusicgenForCausalLM
 
 # Hugging Face ``MusicgenForCausalLM`` parameter names -> this project's ``LM`` names.

@@ -91,14 +91,31 @@ def build_tiny_t5(cfg: TinyT5Config, vocab_size: int) -> T5EncoderModel:
 
 
 def load_text_encoder(name_or_dir: str | Path) -> tuple[PreTrainedTokenizerBase, T5EncoderModel]:
-    """Loads a tokenizer and a frozen T5 encoder by hub id (e.g. ``t5-base``) or local directory."""
+    """Loads a tokenizer and a frozen T5 encoder by hub id (e.g. ``t5-base``) or local directory.
+
+    A ``MusicgenForConditionalGeneration`` (``facebook/musicgen-small`` or its ``save_pretrained``
+    directory with the tokenizer saved beside it, as ``MusicgenProcessor`` saves it) gives its
+    ``text_encoder``, read alone from the checkpoint (:func:`musicgen.hf_parts.load_part`), and
+    the tokenizer at its top level.
+    """
+    from musicgen.hf_parts import TOKENIZER, checkpoint_file, load_part, musicgen_config
+
+    src = str(name_or_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
-        model = T5EncoderModel.from_pretrained(str(name_or_dir))
+        musicgen = musicgen_config(src)
+        if musicgen is not None and checkpoint_file(src, TOKENIZER) is None:
+            # transformers would build an empty T5 tokenizer (no vocabulary) without a word
+            raise OSError(f"the MusicGen {src} has no {TOKENIZER} beside its config.json")
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        if musicgen is not None:
+            model = load_part(src, "text_encoder", T5EncoderModel, musicgen)
+        else:
+            model = T5EncoderModel.from_pretrained(src)
     except OSError as e:
         raise OSError(
-            f"could not load a T5 encoder from '{name_or_dir}': give a local directory written by "
-            "save_pretrained, or a hub id with network access"
+            f"could not load a T5 encoder and its tokenizer from '{name_or_dir}': give a local "
+            "directory written by save_pretrained (for a MusicGen, with its tokenizer saved in the "
+            "same directory), or a hub id with network access"
         ) from e
     model.eval().requires_grad_(False)
     return tokenizer, model

@@ -298,3 +298,74 @@ def test_codes_used_limits_the_codes_and_spare_entries_repeat_fitted_ones():
     assert torch.equal(embed[16:32], embed[:16])
     with pytest.raises(ValueError, match="codes_used"):
         fit_codebooks(model, audio, n_iter=1, progress=False, codes_used=65)
+
+
+@pytest.fixture(scope="module")
+def musicgen_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A small random MusicGen saved in one file and in shards of 20 KB (as musicgen-large is)."""
+    from hf_musicgen import save_musicgen
+
+    root = tmp_path_factory.mktemp("musicgen")
+    captions = ["calm piano with soft strings", "fast drums and a loud bass"]
+    return {
+        "one file": save_musicgen(root / "one", captions),
+        "sharded": save_musicgen(root / "sharded", captions, max_shard_size="20KB"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["one file", "sharded"])
+def test_a_musicgen_gives_its_audio_encoder(musicgen_dirs, audio, kind, tmp_path) -> None:
+    """``codec.source`` = a MusicgenForConditionalGeneration: the stage saves its EnCodec, the
+    weights (codebooks included) and codes of the one Hugging Face's composite model holds."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from musicgen.pipeline.codes import codec_model
+
+    src = musicgen_dirs[kind]
+    params = {"source": str(src), "n_codebooks": 4}
+    codec_model(params, SR, tmp_path / "no-audio", tmp_path / "no-split", tmp_path / "codec")
+    loaded = load_codec(str(tmp_path / "codec"))  # the stage's output, a plain EnCodec directory
+    expected = MusicgenForConditionalGeneration.from_pretrained(src).audio_encoder.eval()
+    want, got = expected.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    codes = encode(loaded, audio[:2])
+    assert torch.equal(codes, encode(expected, audio[:2]))
+    assert torch.equal(decode(loaded, codes), decode(expected, codes))
+
+
+def test_only_the_shards_that_hold_the_part_are_read(musicgen_dirs, monkeypatch) -> None:
+    import json
+
+    import safetensors
+
+    from musicgen import hf_parts
+
+    src = musicgen_dirs["sharded"]
+    weight_map = json.loads((src / hf_parts.INDEX).read_text())["weight_map"]
+    holding = {f for k, f in weight_map.items() if k.startswith("audio_encoder.")}
+    assert len(set(weight_map.values())) > len(holding) > 1
+    opened = []
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(
+        safetensors,
+        "safe_open",
+        lambda path, **kw: opened.append(Path(path).name) or real_open(path, **kw),
+    )
+    tensors = hf_parts.part_state_dict(str(src), "audio_encoder")
+    assert sorted(opened) == sorted(holding)
+    assert set(tensors) == {
+        k.removeprefix("audio_encoder.") for k in weight_map if k.startswith("audio_encoder.")
+    }
+
+
+def test_a_part_that_does_not_fit_is_refused(musicgen_dirs) -> None:
+    from transformers import EncodecModel, MusicgenConfig
+
+    from musicgen.hf_parts import load_part
+
+    src = str(musicgen_dirs["one file"])
+    config = MusicgenConfig.from_pretrained(src)
+    config.audio_encoder.num_lstm_layers = 3  # a layer the checkpoint has no weights for
+    with pytest.raises(ValueError, match="do not fit EncodecModel"):
+        load_part(src, "audio_encoder", EncodecModel, config)

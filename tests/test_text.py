@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from musicgen import text as T
 
@@ -59,3 +60,32 @@ def test_tokenizer_is_reproducible_and_knows_caption_words():
     ids = a("The tempo is fast.").input_ids
     assert 2 not in ids  # no <unk>: every word is in the vocabulary
     assert a("zyzzyva").input_ids == [2, 1]
+
+
+def test_a_musicgen_gives_its_t5_encoder_and_tokenizer(tmp_path):
+    """``text.source`` = a MusicgenForConditionalGeneration: the stage saves its T5 encoder and the
+    tokenizer saved beside it; the states are those of Hugging Face's composite model."""
+    from hf_musicgen import save_musicgen
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    from musicgen.pipeline.captions import text_model
+
+    src = save_musicgen(tmp_path / "hf", CAPTIONS * 5)
+    text_model({"source": str(src)}, tmp_path / "no-raw", tmp_path / "no-split", tmp_path / "text")
+    tokenizer, model = T.load_text_encoder(tmp_path / "text")  # the stage's output
+    saved = AutoTokenizer.from_pretrained(src)
+    assert tokenizer(CAPTIONS).input_ids == saved(CAPTIONS).input_ids
+    assert 2 not in tokenizer(CAPTIONS[0]).input_ids  # the captions' words, not <unk>
+    expected = MusicgenForConditionalGeneration.from_pretrained(src).text_encoder.eval()
+    ours = T.encode_texts(tokenizer, model, CAPTIONS, progress=False)
+    theirs = T.encode_texts(saved, expected, CAPTIONS, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_a_musicgen_without_its_tokenizer_is_refused(tmp_path):
+    from hf_musicgen import build_musicgen
+
+    build_musicgen(vocab_size=40).save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="with its tokenizer") as err:
+        T.load_text_encoder(tmp_path)
+    assert "no tokenizer_config.json" in str(err.value.__cause__)  # not an empty T5 tokenizer

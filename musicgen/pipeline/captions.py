@@ -18,7 +18,9 @@ def text_model(params: dict, raw_dir: Path, split_dir: Path, out_dir: Path) -> N
     """The text-model stage: a tokenizer and a T5 encoder in ``out_dir``.
 
     ``text.source: tiny`` builds a word-level tokenizer from the training captions and builds a small
-    random T5 encoder; anything else is a hub id (e.g. ``t5-base``) or a directory.
+    random T5 encoder; anything else is a hub id (e.g. ``t5-base``) or a directory, or a MusicGen's
+    (``facebook/musicgen-small``), whose own T5 encoder and tokenizer are taken
+    (:func:`musicgen.text.load_text_encoder`).
     """
     from musicgen import text as T
 

@@ -46,8 +46,10 @@ def codec_model(
 
     ``codec.source: tiny`` builds a small random EnCodec and fits its codebooks by residual k-means
     on (at most ``codec.fit.max_frames`` frames of) the training audio; anything else is a hub id
-    or a directory, loaded and saved as it is, without reading any audio. Code usage is measured
-    by tokenize, which encodes every clip anyway.
+    or a directory, loaded and saved as it is, without reading any audio: an EnCodec
+    (``facebook/encodec_32khz``) or a MusicGen (``facebook/musicgen-small``), whose own EnCodec is
+    taken (:func:`musicgen.codec.load_codec`). Code usage is measured by tokenize, which encodes
+    every clip anyway.
     """
     from musicgen import codec as C
 
