@@ -75,3 +75,38 @@ def save_musicgen(
         model.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return Path(out)
+
+
+@torch.no_grad()
+def hf_generate(
+    hf: MusicgenForConditionalGeneration,
+    tokenizer,
+    texts: list[str],
+    n_frames: int,
+    guidance_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hugging Face's greedy ``MusicgenForConditionalGeneration.generate`` of ``texts``.
+
+    The codes are caught on their way to ``audio_encoder.decode`` (``generate`` returns only the
+    audio): HF reverts the delay pattern and drops the steps that are padding in any codebook, so
+    ``n_frames`` frames take ``n_frames + n_codebooks - 1`` new tokens.
+
+    Returns:
+        codes (B, K, n_frames) int64 and audio (B, n_frames * hop) float32.
+    """
+    decoded = []
+    decode = hf.audio_encoder.decode
+    hf.audio_encoder.decode = lambda codes, *a, **kw: (
+        decoded.append(codes) or decode(codes, *a, **kw)
+    )
+    try:
+        tokens = tokenizer(texts, return_tensors="pt", padding=True)
+        audio = hf.generate(
+            **tokens,
+            do_sample=False,
+            guidance_scale=guidance_scale,
+            max_new_tokens=n_frames + hf.decoder.num_codebooks - 1,
+        )
+    finally:
+        hf.audio_encoder.decode = decode
+    return decoded[0][0], audio[:, 0]
