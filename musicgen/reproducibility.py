@@ -50,7 +50,7 @@ TOLERANCES = [  # (key pattern, absolute, relative): the first that matches appl
     (r"^(clips|filtered|fd_clips|fd_windows|frames|steps|tokens_seen|parameters)", 0.0, 0.0),
     (r"_distinct$|^distinct_mean$", 0.0, 0.05),  # codebook entries in use
     (r"entropy_bits", 0.05, 0.0),  # bits
-    (r"^(fd|fad|kad)_", 0.0, 0.25),  # distances of sampled audio: one token changes the rest
+    (r"^(fd|fad|kad|kl)_", 0.0, 0.25),  # distances of sampled audio: one token changes the rest
     (r"^clap_score$", 0.05, 0.0),  # cosine similarity of sampled audio and its caption
     (r"ppl", 0.0, 0.03),  # exp(CE): 0.02 nats are 2 %
     (r"train_loss", 0.05, 0.0),  # the loss of one batch

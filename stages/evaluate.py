@@ -1,4 +1,4 @@
-"""Stage evaluate: FAD, FAD∞, KAD, CLAP score, per-clip scores, per-codebook CE, the gallery."""
+"""Stage evaluate: FAD, FAD∞, KAD, KL, CLAP, CE (metrics, details), per-clip scores, gallery."""
 
 import argparse
 from pathlib import Path
@@ -18,7 +18,12 @@ def main() -> None:
     ap.add_argument("--generated", type=Path, required=True)
     ap.add_argument("--models", type=Path, required=True)
     ap.add_argument("--reference", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument(
+        "--metrics", type=Path, required=True, help="the DVC metrics (headline numbers)"
+    )
+    ap.add_argument(
+        "--details", type=Path, required=True, help="the diagnostics (weights, sizes, fits)"
+    )
     ap.add_argument("--per-clip", type=Path, required=True)
     ap.add_argument("--gallery", type=Path, required=True)
     ap.add_argument("--spectrograms", type=Path, required=True)
@@ -37,6 +42,7 @@ def main() -> None:
         args.models,
         args.reference,
         args.metrics,
+        args.details,
         args.per_clip,
         args.gallery,
         args.spectrograms,

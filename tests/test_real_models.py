@@ -123,11 +123,13 @@ def test_the_real_configurations_run_every_stage(tmp_path):
         models,
         reference,
         d.metrics / "eval.json",
+        d.root / "reports/eval/details.json",
         d.metrics / "eval_per_clip.csv",
         d.root / "reports/gallery",
         d.plots / "spectrograms",
         d.plots / "train",  # the training curves of the gallery
     )
     metrics = json.loads((d.metrics / "eval.json").read_text())
-    assert metrics["fd_clips"] == 2 and np.isfinite(metrics["test_ce"])
+    details = json.loads((d.root / "reports/eval/details.json").read_text())
+    assert details["fd_clips"] == 2 and np.isfinite(metrics["test_ce"])
     assert (d.root / "reports/gallery/index.html").is_file()

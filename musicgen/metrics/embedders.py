@@ -10,6 +10,9 @@ E per clip (0.96 s examples, windows, or 1 for a whole-clip embedding), D wide.
   audiocraft; its weights are the eval-models stage's ``vggish.safetensors``.
 - ``clap``: CLAP's audio embedding (:mod:`musicgen.metrics.clap`), one per clip; the model is the
   eval-models stage's ``clap/``.
+- ``passt``: PaSST (:mod:`musicgen.metrics.passt`), one 768-d embedding per 10 s segment (for FAD
+  and KAD) and, per segment, the 527 AudioSet class probabilities of MusicGen's KL
+  (:mod:`musicgen.metrics.kl`); its weights are the eval-models stage's ``passt.safetensors``.
 
 The eval-models stage writes ``sources.json`` beside the weights: per embedder, what its weights are
 (``random(seed=0)``, the torchvggish file and its SHA-256, a hub id), so every metric names them.
@@ -28,10 +31,11 @@ import torch
 from musicgen.data.audio import load_clips, resample
 from musicgen.metrics import vggish as V
 
-EMBEDDERS = ("mel", "vggish", "clap")
+EMBEDDERS = ("mel", "vggish", "clap", "passt")
 SOURCES = "sources.json"  # embedder -> weights source, in the eval-models directory
 VGGISH_FILE = "vggish.safetensors"
 CLAP_DIR = "clap"
+PASST_FILE = "passt.safetensors"
 WEIGHT_FREE = "none (weight-free)"
 
 
@@ -88,6 +92,10 @@ def build_embedder(name: str, models_dir: Path, device: torch.device, batch_size
         )
     if name == "vggish":
         return V.VGGishEmbedder(V.load_vggish(Path(models_dir) / VGGISH_FILE), device, batch_size)
+    if name == "passt":
+        from musicgen.metrics.passt import PasstEmbedder, load_passt
+
+        return PasstEmbedder(load_passt(Path(models_dir) / PASST_FILE), device, batch_size)
     from musicgen.metrics.clap import ClapEmbedder
 
     return ClapEmbedder(Path(models_dir) / CLAP_DIR, device, batch_size)
@@ -97,33 +105,68 @@ def weights_source(name: str, models_dir: Path) -> str:
     return WEIGHT_FREE if name == "mel" else read_sources(models_dir)[name]
 
 
-def embed_files(
+@dataclass
+class Embedded:
+    """What an embedder made of a set of clips.
+
+    Attributes:
+        embeddings: (N, E, D) float64, E per clip.
+        probs: (N, E, C) float64 class probabilities per segment (PaSST's 527 AudioSet classes,
+            for KL), or None for an embedder without a classifier.
+    """
+
+    embeddings: np.ndarray
+    probs: np.ndarray | None = None
+
+
+def embed_read(embedder, clips: np.ndarray, sample_rate: int) -> Embedded:
+    """One read's (n, S) clips through ``embedder``: embeddings, and class probabilities when
+    the embedder has them (PaSST's ``outputs``: both from one network call per segment)."""
+    if hasattr(embedder, "outputs"):
+        out = embedder.outputs(clips, sample_rate)
+        return Embedded(out.embeddings, out.probs)
+    return Embedded(embedder.embed_clips(clips, sample_rate))
+
+
+def embed_files_with_probs(
     embedder,
     audio_dir: Path,
     ids: list[str],
     sample_rate: int,
     clips_per_read: int,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """Embeddings (N, E, D) of the wavs ``audio_dir/<id>.wav``, streamed.
+) -> Embedded:
+    """Embeddings (N, E, D) and, for PaSST, class probabilities (N, E, C) of the wavs
+    ``audio_dir/<id>.wav``, streamed.
 
     The clips are read ``clips_per_read`` at a time (the embedders batch further inside), so only
-    one read's audio is in memory, whatever the number of clips; the output is small (128 or 512
-    numbers per embedding).
+    one read's audio is in memory, whatever the number of clips; the outputs are small (128 to 768
+    numbers per embedding, 527 per segment's probabilities).
 
     Args:
-        embedder: a ``mel``, ``vggish`` or ``clap`` embedder.
+        embedder: a ``mel``, ``vggish``, ``clap`` or ``passt`` embedder.
         audio_dir: mono wavs of equal length at ``sample_rate``.
         ids: the clips, in the output's order.
         sample_rate: their rate.
         clips_per_read: clips read and embedded at a time.
         prepare: applied to each read (n, S) before embedding, e.g. loudness normalisation.
     """
-    out = []
+    parts = []
     for i in range(0, len(ids), clips_per_read):
         clips = load_clips(audio_dir, ids[i : i + clips_per_read], sample_rate)  # (n, S)
-        out.append(embedder.embed_clips(clips if prepare is None else prepare(clips), sample_rate))
-    return np.concatenate(out)
+        parts.append(
+            embed_read(embedder, clips if prepare is None else prepare(clips), sample_rate)
+        )
+    probs = [p.probs for p in parts]
+    return Embedded(
+        np.concatenate([p.embeddings for p in parts]),
+        None if any(p is None for p in probs) else np.concatenate(probs),
+    )
+
+
+def embed_files(embedder, *args, **kwargs) -> np.ndarray:
+    """The embeddings (N, E, D) alone of :func:`embed_files_with_probs` (the same arguments)."""
+    return embed_files_with_probs(embedder, *args, **kwargs).embeddings
 
 
 def embed_clips(embedder, clips: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -1,8 +1,13 @@
 """Stage evaluate: the quality metrics of the generated audio, the LM's CE, the gallery.
 
 FAD, FAD∞ and KAD per embedder against the reference statistics of the reference_stats stage
-(:mod:`musicgen.pipeline.references`), the CLAP score, a per-clip table, the LM's per-codebook
-cross-entropy and perplexity, and the listening gallery.
+(:mod:`musicgen.pipeline.references`), KL with PaSST, the CLAP score, a per-clip table, the LM's
+per-codebook cross-entropy and perplexity, and the listening gallery.
+
+Two JSON files: the DVC metrics (``metrics/eval.json``, :data:`HEADLINE`: the numbers ``dvc exp
+show`` and ``dvc metrics diff`` list) and the details beside them (``reports/eval/details.json``,
+a stage output but not a DVC metric: weights sources, sizes, FAD∞ fits, KAD bandwidths, KL's
+segment count, per-codebook CE and perplexity).
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ from musicgen.pipeline.common import AUDIO, read_split
 from musicgen.pipeline.references import CAPTIONS, REFERENCE_SUMMARY, load_npz
 
 log = logging.getLogger(__name__)
+
+SCORES = ("fad", "fad_inf", "kad")  # per embedder: metrics/eval.json's <score>_<embedder>
+KL_KEYS = {"kld": "kl_passt", "kld_qp": "kl_passt_qp", "kld_both": "kl_passt_both"}
+CE_SPLITS = ("valid", "test")
+CLAP_KEYS = ("clap_score", "clap_score_reference")
+PAPER_KEYS = ("fad_vggish", "kl_passt", "clap_score")  # MusicGen's table: FAD, KL, CLAP
+
+
+def headline_keys(embedders: list[str]) -> list[str]:
+    """The keys of ``metrics/eval.json`` for these embedders: CE, FAD/FAD∞/KAD per embedder, KL
+    (with ``passt``) and the CLAP scores (with ``clap``); everything else goes to the details."""
+    keys = [f"{split}_ce" for split in CE_SPLITS]
+    keys += [f"{score}_{name}" for name in embedders for score in SCORES]
+    keys += list(KL_KEYS.values()) if "passt" in embedders else []
+    return keys + (list(CLAP_KEYS) if "clap" in embedders else [])
 
 
 def loudness_normalised(clips: np.ndarray, target_db: float, peak_db: float) -> np.ndarray:
@@ -89,18 +109,56 @@ def score_embedder(
     return metrics, per_clip
 
 
-def headline_metrics(metrics: dict, embedders: list[str]) -> dict:
-    """The gallery's summary: per embedder its weights, FAD, FAD∞, KAD and sizes; CLAP; CE."""
-    out: dict = {}
+def headline_metrics(metrics: dict, details: dict, embedders: list[str]) -> dict:
+    """The gallery's summary: the paper's three numbers (FAD with VGGish, KL with PaSST, CLAP)
+    and CE first, then per embedder its weights, FAD, FAD∞, KAD and sizes, then KL both ways with
+    its weights and segments.
+
+    Args:
+        metrics: ``metrics/eval.json``'s values.
+        details: ``reports/eval/details.json``'s.
+        embedders: in the order to show.
+    """
+    first = (*PAPER_KEYS, "clap_score_reference", "valid_ce", "test_ce")
+    out: dict = {k: metrics[k] for k in first if k in metrics}
     for name in embedders:
-        info = metrics["embedders"][name]
+        info = details["embedders"][name]
         out[name] = {
             "weights": info["weights"],
-            **{k: metrics[f"{k}_{name}"] for k in ("fad", "fad_inf", "kad")},
+            **{k: metrics[f"{k}_{name}"] for k in SCORES},
             **{k: info[k] for k in ("n_ref", "n_gen", "clips_ref", "clips_gen")},
         }
-    keys = ("clap_score", "clap_score_reference", "valid_ce", "test_ce")
-    return out | {k: metrics[k] for k in keys if k in metrics}
+    if "kl_passt" in details:
+        out["KL (PaSST)"] = {k: metrics[k] for k in KL_KEYS.values()} | details["kl_passt"]
+    return out
+
+
+def reference_rows(reference_ids: list[str], ids: list[str]) -> np.ndarray:
+    """The row of each of ``ids`` in a reference file listing ``reference_ids``."""
+    row = {clip: i for i, clip in enumerate(reference_ids)}
+    return np.array([row[clip] for clip in ids], dtype=np.int64)
+
+
+def score_kl(
+    reference: dict[str, np.ndarray], gen_probs: np.ndarray, gen_ids: list[str]
+) -> tuple[dict, np.ndarray]:
+    """KL with PaSST of the generated clips against their references, segment by segment.
+
+    Args:
+        reference: ``passt.npz`` of reference_stats (``ids``, ``probs`` (N_ref, E, C)).
+        gen_probs: (N, E, C) class probabilities of the generated clips.
+        gen_ids: their ids (each a reference clip: the caption it was generated from).
+
+    Returns:
+        ``kl_passt``, ``kl_passt_qp``, ``kl_passt_both`` and ``n_segments`` (the segment pairs
+        averaged over), and each clip's KL(reference || generated), (N,).
+    """
+    from musicgen.metrics.kl import kl_scores, per_clip_kl
+
+    ref_probs = reference["probs"][reference_rows(list(reference["ids"]), gen_ids)]
+    scores = kl_scores(ref_probs, gen_probs)
+    out = {key: getattr(scores, field) for field, key in KL_KEYS.items()}
+    return out | {"n_segments": scores.n_segments}, per_clip_kl(ref_probs, gen_probs)
 
 
 def gallery_curves(curves: pd.DataFrame) -> pd.DataFrame | None:
@@ -113,6 +171,7 @@ def write_gallery_outputs(
     params: dict,
     all_params: dict,
     metrics: dict,
+    details: dict,
     table: pd.DataFrame,
     audio_dir: Path,
     generated_dir: Path,
@@ -142,13 +201,33 @@ def write_gallery_outputs(
     ]
     write_gallery(
         gallery_dir,
-        metrics=headline_metrics(metrics, params["embedders"]),
+        metrics=headline_metrics(metrics, details, params["embedders"]),
         params=gallery_params(all_params),
         items=items,
         curves=curves,
     )
     spectrograms_dir.mkdir(parents=True, exist_ok=True)
     write_spectrogram_pairs(spectrograms_dir, items[: params["spectrogram_plots"]])
+
+
+def lm_cross_entropy(
+    lm_dir: Path, tokens_dir: Path, text_dir: Path, split_dir: Path, batch_size: int, device
+) -> tuple[dict, dict]:
+    """The LM's CE on the valid and test splits: (``<split>_ce``, and the details: perplexity
+    ``<split>_ppl`` and per codebook ``<split>_ce_cb<k>``, ``<split>_ppl_cb<k>``)."""
+    from musicgen.train import validation_ce
+
+    model = load_lm(lm_dir).to(device)
+    headline, details = {}, {}
+    for split in CE_SPLITS:
+        data = CodesAndText(tokens_dir, text_dir, read_split(split_dir, split))
+        ce = validation_ce(model, data, batch_size, device)
+        headline[f"{split}_ce"] = float(ce.mean())
+        details[f"{split}_ppl"] = float(np.exp(ce.mean()))
+        for k, v in enumerate(ce):
+            details[f"{split}_ce_cb{k}"] = float(v)
+            details[f"{split}_ppl_cb{k}"] = float(np.exp(v))
+    return headline, details
 
 
 def evaluate(
@@ -162,6 +241,7 @@ def evaluate(
     models_dir: Path,
     reference_dir: Path,
     metrics_path: Path,
+    details_path: Path,
     per_clip_path: Path,
     gallery_dir: Path,
     spectrograms_dir: Path,
@@ -169,18 +249,24 @@ def evaluate(
 ) -> None:
     """The evaluate stage.
 
-    Writes ``metrics_path``: per embedder ``fad_<name>``, ``fad_inf_<name>``, ``kad_<name>`` and,
-    under ``embedders.<name>``, its weights source, the sizes (``n_ref``/``n_gen`` embeddings,
-    ``clips_ref``/``clips_gen``) and the FAD∞ fit; ``clap_score`` (and ``clap_score_reference``, the
-    real clips' score); per-codebook CE and perplexity of the valid and test splits. Also the
-    per-clip table (id, caption, ``fd_<name>`` per multi-window embedder, ``clap``), the gallery
-    (with the training loss and validation CE from the train stage's dvclive folder ``live_dir``,
-    when given) and spectrogram plots. The generated clips are read and embedded
-    ``embed_batch_size`` at a time: memory does not grow with the number of clips.
+    Writes ``metrics_path`` (the DVC metrics, :func:`headline_keys`): ``valid_ce``, ``test_ce``;
+    per embedder ``fad_<name>``, ``fad_inf_<name>``, ``kad_<name>``; with PaSST ``kl_passt`` (KL of
+    the reference's class distribution to the generated one's, the paper's KL), ``kl_passt_qp``
+    (the reverse) and ``kl_passt_both`` (their sum); ``clap_score`` (and ``clap_score_reference``,
+    the real clips' score). ``details_path`` holds the rest: ``fd_clips``; under
+    ``embedders.<name>`` its weights source, the sizes (``n_ref``/``n_gen`` embeddings,
+    ``clips_ref``/``clips_gen``, ``dim``), the FAD∞ fit and the KAD bandwidth; under ``kl_passt``
+    the weights, ``n_segments`` (segment pairs) and ``segments_per_clip``; the perplexities and
+    per-codebook CE of the valid and test splits. Also the per-clip table (id, caption,
+    ``fd_<name>`` per multi-window embedder, ``clap``, ``kl_passt``), the gallery (with the
+    training loss and validation CE from the train stage's dvclive folder ``live_dir``, when
+    given) and spectrogram plots. The generated clips are loudness-normalised (the references
+    are not, as in audiocraft) and read and embedded ``embed_batch_size`` at a time: memory does
+    not grow with the number of clips.
     """
     from musicgen.device import pick_device
     from musicgen.metrics.clap import clap_scores
-    from musicgen.train import read_live_curves, validation_ce
+    from musicgen.train import read_live_curves
 
     params = all_params["evaluate"]
     sample_rate = all_params["resample"]["sample_rate"]
@@ -198,7 +284,8 @@ def evaluate(
         raise ValueError(f"{generated_dir}: clips not in the reference (test) set: {missing[:5]}")
     table = pd.DataFrame({"id": gen_ids, "caption": [captions[i] for i in gen_ids]})
     summary = json.loads((reference_dir / REFERENCE_SUMMARY).read_text())
-    metrics: dict = {"fd_clips": len(gen_ids), "embedders": {}}
+    metrics: dict = {}
+    details: dict = {"fd_clips": len(gen_ids), "embedders": {}}
     for name in params["embedders"]:
         weights = E.weights_source(name, models_dir)
         if name not in summary or summary[name]["weights"] != weights:
@@ -208,7 +295,7 @@ def evaluate(
             )
         reference = load_npz(reference_dir / f"{name}.npz")
         embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
-        generated = E.embed_files(  # (N, E, D), the audio read a batch at a time
+        generated = E.embed_files_with_probs(  # (N, E, D), the audio read a batch at a time
             embedder,
             generated_dir / AUDIO,
             gen_ids,
@@ -216,33 +303,41 @@ def evaluate(
             params["embed_batch_size"],
             prepare,
         )
-        scores, per_clip = score_embedder(reference, generated, params["fad_inf"])
-        metrics.update({f"{k}_{name}": scores.pop(k) for k in ("fad", "fad_inf", "kad")})
-        metrics["embedders"][name] = {"embedder": name, "weights": weights, **scores}
+        scores, per_clip = score_embedder(reference, generated.embeddings, params["fad_inf"])
+        metrics.update({f"{k}_{name}": scores.pop(k) for k in SCORES})
+        details["embedders"][name] = {"embedder": name, "weights": weights, **scores}
         if per_clip is not None:
             table[f"fd_{name}"] = per_clip
         if name == "clap":
-            ref_ids = list(reference["ids"])
-            text = reference["text_embeddings"][[ref_ids.index(i) for i in gen_ids]]
-            table["clap"] = clap_scores(generated[:, 0], text)
+            text = reference["text_embeddings"][reference_rows(list(reference["ids"]), gen_ids)]
+            table["clap"] = clap_scores(generated.embeddings[:, 0], text)
             metrics["clap_score"] = float(table["clap"].mean())
             metrics["clap_score_reference"] = summary["clap"]["clap_score"]
-    model = load_lm(lm_dir)
-    for split in ("valid", "test"):
-        data = CodesAndText(tokens_dir, text_dir, read_split(split_dir, split))
-        ce = validation_ce(model.to(device), data, params["batch_size"], device)
-        metrics[f"{split}_ce"] = float(ce.mean())
-        metrics[f"{split}_ppl"] = float(np.exp(ce.mean()))
-        for k, v in enumerate(ce):
-            metrics[f"{split}_ce_cb{k}"] = float(v)
-            metrics[f"{split}_ppl_cb{k}"] = float(np.exp(v))
+        if name == "passt":
+            kl, table["kl_passt"] = score_kl(reference, generated.probs, gen_ids)
+            n_segments = kl.pop("n_segments")
+            metrics.update(kl)
+            details["kl_passt"] = {
+                "weights": weights,
+                "n_segments": n_segments,
+                "segments_per_clip": int(generated.probs.shape[1]),
+                "segment_s": embedder.segment_s,
+            }
+    ce, ce_details = lm_cross_entropy(
+        lm_dir, tokens_dir, text_dir, split_dir, params["batch_size"], device
+    )
+    metrics.update(ce)
+    details.update(ce_details)
+    assert set(metrics) == set(headline_keys(params["embedders"])), sorted(metrics)
     with atomic_path(per_clip_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     write_json(metrics_path, metrics)
+    write_json(details_path, details)
     write_gallery_outputs(
         params,
         all_params,
         metrics,
+        details,
         table,
         audio_dir,
         generated_dir,

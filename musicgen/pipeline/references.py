@@ -1,9 +1,11 @@
 """Stages eval_models and reference_stats: the evaluation embedders and the reference side.
 
 - ``eval_models``: the embedders' weights as a DVC output (VGGish from torchvggish's release file or
-  seeded random weights; a CLAP checkpoint or a tiny random one), with ``sources.json`` naming them.
+  seeded random weights; a CLAP checkpoint or a tiny random one; PaSST from its release file or
+  seeded random weights), with ``sources.json`` naming them.
 - ``reference_stats``: the test split's real audio embedded once per embedder (embeddings, mean,
-  covariance, KAD bandwidth; CLAP text embeddings of the captions). It reads no training or
+  covariance, KAD bandwidth; CLAP text embeddings of the captions; PaSST's class probabilities
+  per segment, the reference side of KL). It reads no training or
   generation param, so ``dvc exp run -S train.lr=...`` embeds only the generated side (the
   evaluate stage, :mod:`musicgen.pipeline.evaluation`).
 """
@@ -27,8 +29,8 @@ REFERENCE_SUMMARY = "stats.json"
 def eval_models(params: dict, out_dir: Path) -> None:
     """The eval_models stage: weights of every embedder in ``params['embedders']``.
 
-    Writes ``vggish.safetensors`` and/or ``clap/`` (a ``save_pretrained`` directory) and
-    ``sources.json`` into ``out_dir``.
+    Writes ``vggish.safetensors``, ``clap/`` (a ``save_pretrained`` directory) and/or
+    ``passt.safetensors``, and ``sources.json`` into ``out_dir``.
     """
     from musicgen.metrics import clap as C
     from musicgen.metrics import vggish as V
@@ -51,7 +53,30 @@ def eval_models(params: dict, out_dir: Path) -> None:
             sources["clap"] = f"tiny-random(seed={tiny.seed})"
         else:
             sources["clap"] = C.save_hub_clap(source, out_dir / E.CLAP_DIR)
+    if "passt" in names:
+        sources["passt"] = save_passt_weights(models["passt"], out_dir / E.PASST_FILE)
     write_json(out_dir / E.SOURCES, sources)
+
+
+def save_passt_weights(params: dict, path: Path) -> str:
+    """PaSST's weights as ``evaluate.models.passt`` names them, saved at ``path``; returns their
+    source (``random(seed=0, depth=2)``, or the URL or file name with its SHA-256).
+
+    ``params``: ``source`` (``random``, the release URL or a local ``.pt``), ``seed`` (of
+    ``random``) and ``depth`` (transformer blocks: the release weights need 12).
+    """
+    from musicgen.metrics import passt as P
+
+    cfg = P.PasstConfig(depth=int(params["depth"]))
+    try:
+        state, source = P.passt_weights(str(params["source"]), cfg, int(params["seed"]))
+    except ValueError as e:
+        raise ValueError(
+            f"{e}\nevaluate.models.passt.depth is {cfg.depth}; the release weights "
+            f"(e.g. {P.PASST_URL}) need {P.PasstConfig.depth}"
+        ) from None
+    P.save_passt(state, cfg, path)
+    return source
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -78,8 +103,10 @@ def reference_stats(
 
     Writes per embedder ``<name>.npz`` (``ids``, ``embeddings`` (N, E, D), ``mu`` (D,), ``cov``
     (D, D), ``kad_bandwidth``, ``kad_self_kernel``; for CLAP also ``text_embeddings`` (N, D) of the
-    captions), ``captions.csv`` and ``stats.json`` (n, weights source, the CLAP score of the real
-    clips). The clips are read ``embed_batch_size`` at a time (``embedders.embed_files``), so
+    captions; for PaSST also ``probs`` (N, E, 527), each segment's class probabilities, the
+    reference side of KL: the references are not loudness-normalised, as in audiocraft),
+    ``captions.csv`` and ``stats.json`` (n, weights source, the CLAP score of the real clips,
+    PaSST's segments per clip). The clips are read ``embed_batch_size`` at a time (``embedders.embed_files``), so
     memory does not grow with the number of clips.
     """
     from musicgen.device import pick_device
@@ -98,9 +125,10 @@ def reference_stats(
     summary: dict = {"clips": len(ids)}
     for name in params["embedders"]:
         embedder = E.build_embedder(name, models_dir, device, params["embed_batch_size"])
-        emb = E.embed_files(  # (N, E, D), the audio read a batch at a time
+        embedded = E.embed_files_with_probs(  # (N, E, D), the audio read a batch at a time
             embedder, audio_dir, ids, sample_rate, params["embed_batch_size"]
         )
+        emb = embedded.embeddings
         flat = emb.reshape(-1, emb.shape[-1])
         mu, cov = gaussian(flat)
         kad_ref = KadReference.fit(flat)
@@ -111,6 +139,9 @@ def reference_stats(
             summary[name]["clap_score"] = float(
                 clap_scores(emb[:, 0], extra["text_embeddings"]).mean()
             )
+        if embedded.probs is not None:  # PaSST: the reference side of KL
+            extra["probs"] = embedded.probs
+            summary[name]["segments_per_clip"] = int(embedded.probs.shape[1])
         save_npz(
             out_dir / f"{name}.npz",
             ids=np.array(ids),

@@ -318,8 +318,8 @@ def test_the_pipeline_survives_a_hostile_folder(tmp_path):
     assert set(tokens["ytid"]) == good_ids and set(text["ytid"]) == good_ids
     generated = {p.stem for p in (repo / "data/generated/audio").glob("*.wav")}
     assert generated and generated <= set(splits["test"])
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert evaluation["fd_clips"] == len(generated)
+    details = json.loads((repo / "reports/eval/details.json").read_text())  # evaluate's sizes
+    assert details["fd_clips"] == len(generated)
     metadata = pd.read_csv(repo / "data/raw/metadata.csv", keep_default_na=False).set_index("ytid")
     captions = metadata["caption"]
     assert captions[by_file.at["take 0.wav", "ytid"]] == "Soft piano & strings"

@@ -122,5 +122,5 @@ def test_the_pipeline_runs_on_a_folder(tmp_path):
     status = pd.read_csv(repo / "data/raw/status.csv", dtype={"ytid": str})
     assert (status["status"] == "invalid").sum() == 4
     assert "album_bonus" in set(status.loc[status["status"] == "ok", "ytid"])
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert evaluation["fd_clips"] == min(split["clips_test"], 6)
+    details = json.loads((repo / "reports/eval/details.json").read_text())  # evaluate's sizes
+    assert details["fd_clips"] == min(split["clips_test"], 6)
