@@ -4,7 +4,7 @@
   of this pipeline (``--model RUN_DIR``) or a published MusicGen checkpoint (``--hf ID_OR_DIR``),
   see :mod:`musicgen.inference`;
 - ``musicgen info [RUN_DIR]``: what a run holds (clips, splits, codebooks, the LM and its training,
-  the metrics);
+  the evaluation as a table; :mod:`musicgen.info`);
 - ``musicgen convert-hf SRC DST``: a Hugging Face MusicGen checkpoint in this project's LM format
   (see :mod:`musicgen.convert`);
 - ``musicgen compare A B --out DIR``: an A/B listening page of two runs or DVC experiments
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -29,17 +28,6 @@ log = logging.getLogger("musicgen")
 DEFAULT_SECONDS = 10.0  # MusicGen's default length; a run's default is capped at its clip length
 DEFAULT_BATCH = 4  # prompts per generate() call
 SLUG_CHARS = 40  # longest prompt-derived part of an output name
-STAGE_OF = {  # the stage that writes what `musicgen info` shows under each label
-    "download": "download",
-    "resample": "resample",
-    "split": "split",
-    "codec": "codec_model",
-    "codebooks": "tokenize",
-    "text encoder": "text_model",
-    "LM": "train",
-    "training": "train",
-    "generated": "generate",
-}
 OTHER_AUDIO = {".flac", ".mp3", ".ogg", ".opus", ".aiff", ".m4a"}  # --out names refused
 
 
@@ -318,222 +306,6 @@ def add_generate(commands) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# info
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _counts(path: Path, column: str) -> str | None:
-    """``n rows (value n, ...)`` of a CSV column, or None if the file cannot be read."""
-    import pandas as pd
-
-    try:
-        values = pd.read_csv(path, dtype=str, keep_default_na=False)[column]
-    except (OSError, ValueError, KeyError, pd.errors.ParserError):
-        return None
-    counts = ", ".join(f"{k} {v}" for k, v in values.value_counts().items())
-    return f"{len(values)} clips ({counts})"
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def _lm_parameters(lm_dir: Path) -> int | None:
-    """Parameters in the LM's safetensors file, read from its header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(lm_dir / "model.safetensors"), "pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    except (OSError, ValueError):
-        return None
-
-
-def codebook_metrics(run: Path) -> tuple[Path, dict] | None:
-    """The first metrics file with per-codebook usage (tokenize's, else the codec's, else any)."""
-    files = [run / "metrics/tokens.json", run / "metrics/codec.json"]
-    files += sorted((run / "metrics").glob("*.json"))
-    for path in files:
-        metrics = _read_json(path)
-        if metrics and "codebook_0_distinct" in metrics:
-            return path, metrics
-    return None
-
-
-def _split_text(split_dir: Path) -> str | None:
-    """``train n, valid n, test n`` from the split lists."""
-    files = {s: split_dir / f"{s}.txt" for s in ("train", "valid", "test")}
-    if not all(f.is_file() for f in files.values()):
-        return None
-    return ", ".join(f"{s} {len(f.read_text().split())}" for s, f in files.items())
-
-
-def _codec_text(config: dict | None) -> str | None:
-    if not config:
-        return None
-    hop = math.prod(config.get("upsampling_ratios", [1]))
-    return (
-        f"EnCodec {config.get('sampling_rate')} Hz, hop {hop}, "
-        f"{config.get('codebook_size')} codes per codebook"
-    )
-
-
-def _usage_text(run: Path) -> str | None:
-    """Distinct codes (and entropy) per codebook, and the metrics file they come from."""
-    found = codebook_metrics(run)
-    if found is None:
-        return None
-    path, m = found
-    K = sum(1 for k in m if re.fullmatch(r"codebook_\d+_distinct", k))
-    text = "distinct codes " + " ".join(str(m[f"codebook_{k}_distinct"]) for k in range(K))
-    if all(f"codebook_{k}_entropy_bits" in m for k in range(K)):
-        entropy = " ".join(f"{m[f'codebook_{k}_entropy_bits']:.2f}" for k in range(K))
-        text += f"; entropy {entropy} bits"
-    return f"{text} ({path.relative_to(run)})"
-
-
-def _text_encoder_text(config: dict | None) -> str | None:
-    if not config:
-        return None
-    return (
-        f"{config.get('model_type')}, d_model {config.get('d_model')}, layers "
-        f"{config.get('num_layers')}, vocabulary {config.get('vocab_size')}"
-    )
-
-
-def _lm_text(lm_dir: Path) -> str | None:
-    config = _read_json(lm_dir / "config.json")
-    if not config:
-        return None
-    g = config.get
-    pattern = g("pattern")
-    text = (
-        f"d_model {g('d_model')}, heads {g('n_heads')}, layers {g('n_layers')}, ffn {g('ffn_dim')}, "
-        f"{g('n_codebooks')} codebooks x {g('card')}, pattern {pattern}"
-        f"{' ' + str(g('delays')) if pattern == 'delay' else ''}, text_dim {g('text_dim')}"
-    )
-    n = _lm_parameters(lm_dir)
-    return text if n is None else f"{text}, {n:,} parameters"
-
-
-def _training_text(train: dict | None) -> str | None:
-    """Steps, tokens and validation CE of ``metrics/train.json``."""
-    if not train:
-        return None
-    parts = [f"{_fmt(train.get('steps'))} steps"]
-    if "tokens_seen" in train:
-        parts.append(f"{_fmt(train['tokens_seen'])} tokens")
-    if "val_ce" in train:
-        extra = [
-            f"{label} {train[key]:.4f}"
-            for key, label in (("val_ce_init", "step 0"), ("val_ce_raw", "raw weights"))
-            if key in train
-        ]
-        parts.append(
-            f"val_ce {train['val_ce']:.4f} nats" + (f" ({', '.join(extra)})" if extra else "")
-        )
-    if "train_token_entropy" in train:
-        parts.append(f"training-token entropy {train['train_token_entropy']:.4f}")
-    return ", ".join(parts)
-
-
-def _metrics_lines(run: Path) -> list[str]:
-    """Every ``metrics/*.json``, one value a line."""
-    lines = []
-    for path in sorted((run / "metrics").glob("*.json")):
-        metrics = _read_json(path)
-        if not isinstance(metrics, dict):
-            lines.append(f"  {path.relative_to(run)}: unreadable")
-            continue
-        lines.append(f"  {path.relative_to(run)}")
-        width = max((len(k) for k in metrics), default=0)
-        lines += [f"    {k:<{width}}  {_fmt(v)}" for k, v in sorted(metrics.items())]
-    return lines
-
-
-def info_lines(run: Path) -> list[str]:
-    """A terminal-readable summary of a run; what is missing is listed at the end."""
-    generated = run / "data/generated/audio"
-    sections = {
-        "data": [
-            ("download", "data/raw/status.csv", _counts(run / "data/raw/status.csv", "status")),
-            (
-                "resample",
-                "data/audio/manifest.csv",
-                _counts(run / "data/audio/manifest.csv", "status"),
-            ),
-            ("split", "data/split", _split_text(run / "data/split")),
-        ],
-        "models": [
-            (
-                "codec",
-                "data/models/codec",
-                _codec_text(_read_json(run / "data/models/codec/config.json")),
-            ),
-            ("codebooks", "metrics/tokens.json", _usage_text(run)),
-            (
-                "text encoder",
-                "data/models/text",
-                _text_encoder_text(_read_json(run / "data/models/text/config.json")),
-            ),
-            ("LM", "data/lm", _lm_text(run / "data/lm")),
-            (
-                "training",
-                "metrics/train.json",
-                _training_text(_read_json(run / "metrics/train.json")),
-            ),
-            (
-                "generated",
-                "data/generated/audio",
-                f"{len(list(generated.glob('*.wav')))} wavs" if generated.is_dir() else None,
-            ),
-        ],
-    }
-    lines, missing = [f"run {run.resolve()}"], []
-    for section, items in sections.items():
-        lines.append(section)
-        for label, path, text in items:
-            if text is None:
-                missing.append(f"  {path} (stage {STAGE_OF[label]})")
-            else:
-                lines.append(f"  {label:<14}{text}")
-    metrics = _metrics_lines(run)
-    if metrics:
-        lines += ["metrics", *metrics]
-    if missing:
-        lines += ["missing (run `dvc repro` in the run to build them)", *missing]
-    return lines
-
-
-def info_command(args: argparse.Namespace) -> None:
-    if not args.run_dir.is_dir():
-        raise UsageError(f"{args.run_dir} is not a directory")
-    print("\n".join(info_lines(args.run_dir)))
-
-
-def add_info(commands) -> None:
-    p = commands.add_parser(
-        "info",
-        help="what a run holds: clips, splits, codebooks, the LM, its training and metrics",
-        description="Summarises a run of this pipeline (tolerates a partly built one and lists "
-        "what is missing).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("run_dir", nargs="?", type=Path, default=Path("."), help="the run directory")
-    p.set_defaults(run=info_command)
-
-
-# ---------------------------------------------------------------------------------------------
 # convert-hf
 
 
@@ -566,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgen", description="musicgen-dvc tools")
     commands = parser.add_subparsers(dest="command", required=True)
     add_generate(commands)
+    from musicgen.info import add_info  # its own module (it imports this one)
+
     add_info(commands)
     add_convert_hf(commands)
     from musicgen.cli_compare import add_compare  # its own module (it imports this one)

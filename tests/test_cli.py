@@ -397,3 +397,49 @@ def test_console_script(tiny_run):
     done = subprocess.run([exe, "info", str(tiny_run)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "d_model 32" in done.stdout
+
+
+def test_info_shows_the_evaluation_as_a_table(tmp_path, capsys):
+    """The paper's three numbers first with their weights, then FAD, FAD∞ and KAD per embedder
+    (from metrics/eval.json and reports/eval/details.json); no dict printed on one line."""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "reports/eval").mkdir(parents=True)
+    names = {"mel": "none (weight-free)", "vggish": "random(seed=0)", "passt": "random(seed=0)"}
+    metrics = {"valid_ce": 7.25, "test_ce": 7.5, "kl_passt": 1.42, "kl_passt_qp": 1.5}
+    metrics |= {"kl_passt_both": 2.92, "clap_score": 0.27, "clap_score_reference": 0.3}
+    for i, name in enumerate(names):
+        metrics |= {f"fad_{name}": 4.88 + i, f"fad_inf_{name}": 4.5 + i, f"kad_{name}": 0.25 + i}
+    details = {
+        "embedders": {n: {"weights": w, "n_gen": 10, "n_ref": 12} for n, w in names.items()},
+        "kl_passt": {"weights": "random(seed=0)", "n_segments": 30, "segments_per_clip": 1},
+        "valid_ppl_cb0": 700.0,
+    }
+    (tmp_path / "metrics/eval.json").write_text(json.dumps(metrics))
+    (tmp_path / "reports/eval/details.json").write_text(json.dumps(details))
+    (tmp_path / "metrics/train.json").write_text(json.dumps({"steps": 3, "nested": {"a": 1}}))
+    code, out, err = run_cli(["info", tmp_path], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    paper = lines.index("  the paper's numbers")
+    assert lines[paper + 1].split() == [
+        "FAD", "(VGGish)", "5.88", "(10", "vs", "12", "embeddings);", "weights", "random(seed=0)"
+    ]  # fmt: skip
+    assert "KL (PaSST)    1.42 over 30 segments (1 per clip); weights random(seed=0)" in out
+    assert "CLAP score    0.27 (reference clips 0.3); weights unknown" in out  # no clap details
+    table = lines.index("  per embedder")
+    assert lines[table + 1].split() == ["embedder", "FAD", "FAD∞", "KAD", "n", "gen/ref", "weights"]
+    rows = {line.split()[0]: line.split() for line in lines[table + 2 : table + 5]}
+    assert rows["vggish"] == ["vggish", "5.88", "5.5", "1.25", "10/12", "random(seed=0)"]
+    assert rows["mel"][-3:] == ["10/12", "none", "(weight-free)"]
+    assert "ref||gen 1.42, gen||ref 1.5, both 2.92" in out and "valid 7.25, test 7.5 nats" in out
+    assert "nested.a" in out and "{" not in out  # nested values with dotted keys, no raw dict
+    assert paper < table < lines.index("other metrics")
+
+
+def test_info_without_passt_says_kl_was_not_computed(tmp_path, capsys):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"fad_vggish": 1.0, "valid_ce": 7.0}))
+    code, out, err = run_cli(["info", tmp_path], capsys)
+    assert code == 0, err
+    assert "KL (PaSST)    not computed (passt is not in evaluate.embedders)" in out
+    assert "FAD (VGGish)  1; weights unknown" in out
