@@ -2,7 +2,8 @@
 
 Runs ``dvc repro`` on a temporary copy of the working tree with the small params of
 ``tests/pipeline_repo.py`` (a few minutes on 2 cores) and writes every ``metrics/*.json`` it made
-into the reference, which ``tests/test_pipeline.py`` compares each run with, within the tolerance
+(the DVC metrics: the headline numbers; evaluate's diagnostics in ``reports/eval/details.json`` are
+not compared) into the reference, which ``tests/test_pipeline.py`` compares each run with, within the tolerance
 of README, Reproducibility (``tests/reference_metrics.py``). Run it after a change that moves the
 metrics on purpose, and commit the result:
 

@@ -7,6 +7,8 @@ training metrics.
 
 import hashlib
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,9 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_repo import DATA_STAGES, SMALL, copy_project, ran_stages, run
+from pipeline_repo import DATA_STAGES, ROOT, SMALL, copy_project, ran_stages, run
 from reference_metrics import UPDATE, committed_metrics, load_reference, out_of_tolerance
 from safetensors.torch import load_file
+
+from musicgen.pipeline.evaluation import headline_keys
+
+EMBEDDERS = ["mel", "vggish", "clap", "passt"]  # params.yaml's evaluate.embedders
 
 
 def digest(path: Path) -> str:
@@ -42,31 +48,49 @@ def repo(tmp_path_factory):
 def test_every_stage_writes_its_outputs(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    details = json.loads((repo / "reports/eval/details.json").read_text())
     codec = json.loads((repo / "metrics/tokens.json").read_text())
     assert {"val_ce", "val_ce_init", "train_token_entropy"} <= set(train)
-    assert evaluation["fd_clips"] == 6
+    assert sorted(evaluation) == sorted(headline_keys(EMBEDDERS))  # the DVC metrics: headlines
+    assert details["fd_clips"] == 6
     weights = {
         "mel": "none (weight-free)",
         "vggish": "random(seed=0)",
         "clap": "tiny-random(seed=0)",
+        "passt": "random(seed=0, depth=2)",
     }
+    n_test = len((repo / "data/split/test.txt").read_text().split())
     for name, source in weights.items():  # every number names its embedder, weights and n
         assert evaluation[f"fad_{name}"] >= 0 and evaluation[f"fad_inf_{name}"] >= 0
         assert np.isfinite(evaluation[f"kad_{name}"])
-        info = evaluation["embedders"][name]
+        info = details["embedders"][name]
         assert info["embedder"] == name and info["weights"] == source
-        assert info["clips_gen"] == 6 and info["clips_ref"] == len(
-            (repo / "data/split/test.txt").read_text().split()
-        )
+        assert info["clips_gen"] == 6 and info["clips_ref"] == n_test
         assert info["n_gen"] >= info["clips_gen"] and info["n_ref"] >= info["clips_ref"]
+        assert {"fad_inf_slope", "fad_inf_r2", "kad_bandwidth", "dim"} <= set(info)
     assert -1 <= evaluation["clap_score"] <= 1 and -1 <= evaluation["clap_score_reference"] <= 1
+    # KL with PaSST: the 2 s clips are one segment each (shorter than 10 s: not padded)
+    assert details["kl_passt"] == {
+        "weights": weights["passt"],
+        "n_segments": 6,
+        "segments_per_clip": 1,
+        "segment_s": 10.0,
+    }
+    assert evaluation["kl_passt"] > 0 and evaluation["kl_passt_qp"] > 0
+    assert evaluation["kl_passt_both"] == pytest.approx(
+        evaluation["kl_passt"] + evaluation["kl_passt_qp"]
+    )
+    reference = np.load(repo / "data/reference/passt.npz")
+    assert reference["probs"].shape == (n_test, 1, 527)  # the reference side of KL, stored once
     per_clip = pd.read_csv(repo / "reports/eval/per_clip.csv")
-    assert list(per_clip.columns) == ["id", "caption", "fd_mel", "fd_vggish", "clap"]
+    assert list(per_clip.columns) == ["id", "caption", "fd_mel", "fd_vggish", "clap", "kl_passt"]
     assert len(per_clip) == 6
     assert per_clip["clap"].mean() == pytest.approx(evaluation["clap_score"], rel=1e-4)
+    assert per_clip["kl_passt"].mean() == pytest.approx(evaluation["kl_passt"], rel=1e-4)
     assert (repo / "reports/gallery/index.html").is_file()
+    assert "kl_passt" in (repo / "reports/gallery/index.html").read_text()
     assert len(list((repo / "plots/spectrograms").glob("*.png"))) == 8  # 4 pairs
-    assert {"valid_ce_cb0", "valid_ppl_cb3", "test_ce"} <= set(evaluation)
+    assert {"valid_ce_cb0", "valid_ppl_cb3", "test_ppl"} <= set(details)
     assert codec["distinct_mean"] > 1  # the k-means fit made more than one code
     assert len(list((repo / "data/generated/audio").glob("*.wav"))) == 6
     live = json.loads((repo / "plots/train/metrics.json").read_text())  # dvclive's summary
@@ -125,6 +149,40 @@ def test_a_training_knob_reruns_only_train_generate_evaluate(repo):
     assert "up to date" in status
 
 
+def readme_exp_show() -> list[str]:
+    """The README's ``dvc exp show`` call that fits a terminal, as arguments."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"^(dvc exp show --no-pager --only-changed [^#\n]*?)\s*(#|$)", readme, re.M)
+    assert found, "README: no `dvc exp show --no-pager --only-changed ...` line"
+    return shlex.split(found.group(1))
+
+
+def test_exp_show_fits_a_terminal_and_metrics_diff_lists_headline_numbers(repo, monkeypatch):
+    """Two experiments of the (small) embedded default: the README's `dvc exp show` call fits
+    160 columns with every headline column shown (no column folded into "…"), and `dvc metrics
+    diff` lists no diagnostic (they are in reports/eval/details.json, not a DVC metric)."""
+    made = len(re.findall(r"^\w+-\w+$", run(["dvc", "exp", "list", "--name-only"], repo), re.M))
+    for lr in ("4.0e-3", "6.0e-3")[: max(0, 2 - made)]:  # when run alone; else the earlier tests'
+        run(["dvc", "exp", "run", "-S", f"train.lr={lr}"], repo)
+    monkeypatch.setenv("COLUMNS", "160")
+    table = run(readme_exp_show(), repo)
+    lines = table.rstrip("\n").splitlines()
+    assert max(map(len, lines)) <= 160, table
+    header = next(line for line in lines if "Experiment" in line)
+    assert "…" not in header, table
+    shown = set(header.split())
+    assert {f"fad_{e}" for e in EMBEDDERS} | {"kl_passt", "clap_score"} <= shown, table
+    assert {"valid_ce", "test_ce", "train.lr"} <= shown, table
+    assert len(lines) >= 3 + 3 + 2  # rules and header, workspace, baseline, two experiments
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
+    assert set(diff) <= {"metrics/eval.json", "metrics/train.json"}  # no dvclive summary
+    assert set(diff["metrics/eval.json"]) <= set(headline_keys(EMBEDDERS))
+    assert {"fad_vggish", "kl_passt", "valid_ce"} <= set(diff["metrics/eval.json"])
+    listed = [k for file in diff.values() for k in file]
+    assert not [k for k in listed if re.search(r"_cb\d|ppl|slope|r2|bandwidth|weights|n_", k)]
+
+
 @pytest.mark.parametrize("pattern", ["parallel", "unroll", "coarse_first"])
 def test_each_pattern_trains_through_an_experiment(repo, pattern):
     run(["git", "checkout", "-q", "--", "params.yaml"], repo)
@@ -132,8 +190,8 @@ def test_each_pattern_trains_through_an_experiment(repo, pattern):
     assert ran_stages(out) == {"train", "generate", "evaluate"}
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["val_ce_raw"] < train["val_ce_init"]  # it learned something
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert evaluation["fd_clips"] == 6
+    details = json.loads((repo / "reports/eval/details.json").read_text())
+    assert details["fd_clips"] == 6
     params = json.loads(run(["dvc", "params", "diff", "--json"], repo))
     assert params["params.yaml"]["lm.pattern"]["new"] == pattern
 
