@@ -9,6 +9,7 @@ A partly built run is fine: what is missing is listed with the stage that writes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -228,6 +229,15 @@ def _embedder_table(metrics: dict, details: dict) -> list[str]:
     ]
 
 
+def _codebook_ce(details: dict, split: str) -> str | None:
+    """``valid 6.56 7.27 ...``: a split's CE per codebook (details.json), or None."""
+    keys = itertools.takewhile(
+        details.__contains__, (f"{split}_ce_cb{k}" for k in itertools.count())
+    )
+    values = [details[key] for key in keys]
+    return f"{split} " + " ".join(f"{v:.4f}" for v in values) if values else None
+
+
 def _shown_in_the_evaluation(key: str) -> bool:
     """Whether :func:`evaluation_lines` shows ``metrics/eval.json``'s ``key`` above its rest."""
     return key in SHOWN_KEYS or re.fullmatch(r"(fad|fad_inf|kad)_\w+", key) is not None
@@ -252,6 +262,9 @@ def evaluation_lines(run: Path) -> list[str]:
     ce = [f"{s} {_fmt(metrics[f'{s}_ce'])}" for s in ("valid", "test") if f"{s}_ce" in metrics]
     if ce:
         lines.append(f"  {'LM CE':<14}{', '.join(ce)} nats")
+    per_codebook = [_codebook_ce(details, split) for split in ("valid", "test")]
+    if any(per_codebook):
+        lines.append(f"  {'per codebook':<14}{'; '.join(filter(None, per_codebook))}")
     rest = {k: v for k, v in metrics.items() if not _shown_in_the_evaluation(k)}
     return lines + (["  other values", *_value_lines(flat_items(rest), "    ")] if rest else [])
 

@@ -413,6 +413,8 @@ def test_info_shows_the_evaluation_as_a_table(tmp_path, capsys):
         "embedders": {n: {"weights": w, "n_gen": 10, "n_ref": 12} for n, w in names.items()},
         "kl_passt": {"weights": "random(seed=0)", "n_segments": 30, "segments_per_clip": 1},
         "valid_ppl_cb0": 700.0,
+        "valid_ce_cb0": 6.5,
+        "valid_ce_cb1": 7.25,
     }
     (tmp_path / "metrics/eval.json").write_text(json.dumps(metrics))
     (tmp_path / "reports/eval/details.json").write_text(json.dumps(details))
@@ -432,6 +434,7 @@ def test_info_shows_the_evaluation_as_a_table(tmp_path, capsys):
     assert rows["vggish"] == ["vggish", "5.88", "5.5", "1.25", "10/12", "random(seed=0)"]
     assert rows["mel"][-3:] == ["10/12", "none", "(weight-free)"]
     assert "ref||gen 1.42, gen||ref 1.5, both 2.92" in out and "valid 7.25, test 7.5 nats" in out
+    assert "per codebook  valid 6.5000 7.2500" in out
     assert "nested.a" in out and "{" not in out  # nested values with dotted keys, no raw dict
     assert paper < table < lines.index("other metrics")
 
