@@ -56,7 +56,7 @@ def test_a_published_musicgen_through_dvc_exp_run_generates_what_hugging_face_do
         assert rate == 32000 and np.abs(wav - expected).max() <= 1.5 / 32768  # 16-bit wav
 
     metrics = json.loads((repo / "metrics/eval.json").read_text())
-    # KL (PaSST): kl_passt lands with passt in evaluate.embedders (issue 21, scope 1-2)
+    # the paper's three numbers: FAD (VGGish), KL (PaSST, a default evaluate.embedders entry), CLAP
     for key in ("fad_vggish", "kl_passt", "clap_score"):
         assert math.isfinite(metrics[key]), key
     assert metrics["fad_vggish"] >= 0 and metrics["kl_passt"] >= 0
