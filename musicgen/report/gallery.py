@@ -5,7 +5,8 @@ API (called by the evaluate stage)::
     from musicgen.report.gallery import (
         GalleryItem, gallery_params, items_from_table, write_gallery, write_spectrogram_pairs)
 
-    items = [GalleryItem(id, caption, reference_wav, generated_wav, {"fad": 1.2, "clap": 0.3}), ...]
+    items = [GalleryItem(id, caption, reference_wav, generated_wav, {"fad": 1.2, "clap": 0.3},
+                         roundtrip_wav), ...]  # roundtrip_wav: optional, the codec's round trip
     # or from a per-clip table (columns ytid + numeric scores) and the wav folders:
     items = items_from_table(per_clip, captions, Path("data/audio"), Path("data/generated/audio"))
     write_gallery(Path("reports/gallery"), metrics=metrics, params=gallery_params(params),
@@ -20,7 +21,9 @@ file system. It shows the run's ``metrics`` and ``params`` (nested dicts are sho
 lists those keys in its dvc.yaml ``params:``), an optional training-curve chart (``curves``: a
 column ``step`` and numeric series on one scale, e.g. ``train_loss`` and ``val_ce``; NaN where a
 series has no point), and per item its caption, both players, both spectrograms and its scores,
-sortable by each score. All text (captions, ids, keys, values) is HTML-escaped, and a
+sortable by each score. An item may carry its reference's codec round trip (``roundtrip_wav``:
+decode(encode(reference))): the page then shows three clips per item, reference, round trip and
+generated, so a listener tells what the codec loses from what the LM gets wrong. All text (captions, ids, keys, values) is HTML-escaped, and a
 Content-Security-Policy lets only the page's own script run.
 
 Every item's wavs are copied: for a large test set pass a subset (the page holds them all).
@@ -34,7 +37,7 @@ dvc.yaml, in the evaluate stage (``reports/gallery`` cached: it holds the audio)
         cache: false
 
 ``dvc plots show`` renders every PNG in ``plots/spectrograms`` (``<id>_reference.png``,
-``<id>_generated.png``).
+``<id>_roundtrip.png`` when the item has one, ``<id>_generated.png``).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class GalleryItem:
         reference_wav: the real clip.
         generated_wav: the model's output for the caption.
         scores: per-clip scores, name -> value (e.g. ``fad``, ``clap``); the table sorts by each.
+        roundtrip_wav: the reference through the codec, decode(encode(reference)), or None.
     """
 
     id: str
@@ -88,6 +92,19 @@ class GalleryItem:
     reference_wav: Path
     generated_wav: Path
     scores: dict[str, float] = field(default_factory=dict)
+    roundtrip_wav: Path | None = None
+
+    def clips(self) -> list[tuple[str, Path]]:
+        """(kind, wav) of the item's clips in page order: reference, round trip (if any),
+        generated."""
+        clips = [("reference", self.reference_wav)]
+        if self.roundtrip_wav is not None:
+            clips.append(("roundtrip", self.roundtrip_wav))
+        return clips + [("generated", self.generated_wav)]
+
+
+# The column header of each clip kind.
+CLIP_HEADERS = {"reference": "reference", "roundtrip": "codec round trip", "generated": "generated"}
 
 
 def items_from_table(
@@ -296,11 +313,26 @@ def score_cell(value: object) -> str:
     return f"<td class='score' data-value='{score_attr(value)}'>{text}</td>"
 
 
+def clip_kinds(items: list[GalleryItem]) -> list[str]:
+    """The clip columns of the page: reference, codec round trip (when any item has one),
+    generated."""
+    with_roundtrip = any(item.roundtrip_wav is not None for item in items)
+    return ["reference", *(["roundtrip"] if with_roundtrip else []), "generated"]
+
+
+def item_clip_cell(item: GalleryItem, stem: str, kind: str) -> str:
+    """The cell of one of ``item``'s clips; an item without that clip gets an empty cell."""
+    if kind not in dict(item.clips()):
+        return "<td class='clip'>none</td>"
+    return clip_cell(f"audio/{stem}_{kind}.wav", f"images/{stem}_{kind}.png", CLIP_HEADERS[kind])
+
+
 def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
     score_names: list[str] = []
     for item in items:
         score_names += [k for k in item.scores if k not in score_names]
-    first_score_col = 4  # after #, item, reference, generated
+    kinds = clip_kinds(items)
+    first_score_col = 2 + len(kinds)  # after #, item and the clips
     headers = "".join(sort_header(first_score_col + j, name) for j, name in enumerate(score_names))
     rows = []
     for i, (item, stem) in enumerate(zip(items, stems, strict=True)):
@@ -309,14 +341,14 @@ def _items_table(items: list[GalleryItem], stems: list[str]) -> str:
             f"<tr id='item-{i}'><td>{i}</td><td class='item'>"
             f"<div class='id'>{html.escape(item.id)}</div>"
             f"<div class='caption'>{html.escape(item.caption)}</div></td>"
-            + clip_cell(f"audio/{stem}_reference.wav", f"images/{stem}_reference.png", "reference")
-            + clip_cell(f"audio/{stem}_generated.wav", f"images/{stem}_generated.png", "generated")
+            + "".join(item_clip_cell(item, stem, kind) for kind in kinds)
             + scores
             + "</tr>"
         )
+    clip_headers = "".join(f"<th>{CLIP_HEADERS[kind]}</th>" for kind in kinds)
     return (
         "<table id='items'><thead><tr><th>#</th><th>id and caption</th>"
-        f"<th>reference</th><th>generated</th>{headers}</tr></thead>"
+        f"{clip_headers}{headers}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
@@ -342,7 +374,7 @@ def copy_clip(
 
 
 def _copy_item(item: GalleryItem, stem: str, out_dir: Path, cfg: SpectrogramConfig) -> None:
-    for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+    for kind, src in item.clips():
         copy_clip(src, out_dir, f"{stem}_{kind}", f"gallery item {item.id!r}", kind, cfg)
 
 
@@ -350,6 +382,17 @@ SPECTROGRAM_NOTE = (
     "Spectrograms: 0 Hz (bottom) to Nyquist on a mel scale, colours from -80 dBFS (dark) to "
     "0 dBFS (light)."
 )
+
+
+ROUNDTRIP_NOTE = (
+    "The codec round trip is the reference encoded to tokens and decoded again by the run's "
+    "codec: what the codec keeps of it, the best a generated clip can sound. "
+)
+
+
+def roundtrip_note(items: list[GalleryItem]) -> str:
+    """:data:`ROUNDTRIP_NOTE` when the page shows round trips, else nothing."""
+    return ROUNDTRIP_NOTE if "roundtrip" in clip_kinds(items) else ""
 
 
 def html_page(title: str, body: str, extra_style: str = "") -> str:
@@ -378,7 +421,8 @@ def render_page(
     """The gallery's HTML (files it refers to: ``audio/<stem>_*.wav``, ``images/*.png``)."""
     return html_page(
         "Listening gallery",
-        f"<p>{len(items)} test items. {SPECTROGRAM_NOTE} Click a score to sort.</p>"
+        f"<p>{len(items)} test items. {roundtrip_note(items)}{SPECTROGRAM_NOTE} "
+        "Click a score to sort.</p>"
         "<div class='top'>"
         + _grouped_tables("Metrics", metrics, "metrics")
         + _grouped_tables("Params", params, "params")
@@ -447,10 +491,11 @@ def write_gallery(
 def write_spectrogram_pairs(
     plots_dir: Path, items: list[GalleryItem], cfg: SpectrogramConfig | None = None
 ) -> list[Path]:
-    """Writes ``<safe id>_reference.png`` and ``<safe id>_generated.png`` per item (DVC plots).
+    """Writes ``<safe id>_reference.png``, ``<safe id>_roundtrip.png`` (an item with a codec
+    round trip) and ``<safe id>_generated.png`` per item (DVC plots).
 
     Returns:
-        the PNG paths, two per item.
+        the PNG paths, two or three per item.
     """
     plots_dir = Path(plots_dir)
     names = [safe_name(item.id) for item in items]
@@ -458,6 +503,6 @@ def write_spectrogram_pairs(
         names = item_stems(items)  # ids that collide once made safe: prefix the index
     paths = []
     for item, name in zip(items, names, strict=True):
-        for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+        for kind, src in item.clips():
             paths.append(write_spectrogram(src, plots_dir / f"{name}_{kind}.png", cfg))
     return paths

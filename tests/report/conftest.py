@@ -25,15 +25,17 @@ from musicgen.report.gallery import GalleryItem, write_gallery
 
 @pytest.fixture
 def hostile_items(tmp_path) -> list[GalleryItem]:
-    """Three items with short wavs (outside the gallery's folder) and hostile ids and captions."""
+    """Three items with short wavs (outside the gallery's folder) and hostile ids and captions:
+    reference, codec round trip and generated clip each."""
     src = tmp_path / "clips"
     items = []
     for i, seconds in enumerate(DURATIONS):
-        ref, gen = src / f"ref{i}.wav", src / f"gen{i}.wav"
+        ref, trip, gen = src / f"ref{i}.wav", src / f"trip{i}.wav", src / f"gen{i}.wav"
         write_wav(ref, tone(220.0 * (i + 1), seconds, i), SAMPLE_RATE, SUBTYPES[i])
+        write_wav(trip, tone(220.0 * (i + 1), seconds, 20 + i), SAMPLE_RATE, SUBTYPES[i])
         write_wav(gen, tone(330.0 * (i + 1), seconds, 10 + i), SAMPLE_RATE, SUBTYPES[-1 - i])
         scores = {"fad": FAD[i], "clap": CLAP[i]}
-        items.append(GalleryItem(HOSTILE_IDS[i], HOSTILE_CAPTIONS[i], ref, gen, scores))
+        items.append(GalleryItem(HOSTILE_IDS[i], HOSTILE_CAPTIONS[i], ref, gen, scores, trip))
     return items
 
 

@@ -14,7 +14,7 @@ ROW_IDS = "() => Array.from(document.querySelectorAll('#items tbody .id')).map(c
 
 def test_gallery_in_headless_chromium(gallery, tmp_path):
     with open_gallery(gallery, tmp_path) as (page, log):
-        assert page.locator("audio").count() == 2 * len(HOSTILE_IDS)
+        assert page.locator("audio").count() == 3 * len(HOSTILE_IDS)  # reference, trip, generated
 
         # the <script> caption is text: shown, not run, not turned into an element
         captions = page.eval_on_selector_all("#items .caption", "cs => cs.map(c => c.textContent)")

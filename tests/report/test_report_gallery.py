@@ -44,7 +44,7 @@ def test_hostile_text_is_shown_as_text(gallery):
     tags = [tag for tag, _ in parser.tags]
     assert tags.count("script") == 1  # the page's own sorting script only
     assert "b" not in tags and "i" not in tags and "em" not in tags
-    assert [t for t in tags if t == "img"] == ["img"] * 7  # curves + 2 per item, no injected one
+    assert [t for t in tags if t == "img"] == ["img"] * 10  # curves + 3 per item, no injected one
     assert not any(k.startswith("on") for _, attrs in parser.tags for k in attrs)
 
 
@@ -52,7 +52,7 @@ def test_page_refers_only_to_files_inside_its_folder(gallery):
     out_dir = gallery.parent.resolve()
     refs = page_refs(gallery)
     local = [r for r in refs if r != "data:,"]  # the empty favicon, so no favicon request
-    assert len(local) == 1 + 4 * 3  # curves, and 2 wavs + 2 images per item
+    assert len(local) == 1 + 6 * 3  # curves, and 3 wavs + 3 images per item
     for ref in local:
         parts = urlsplit(ref)
         assert not parts.scheme and not parts.netloc and not ref.startswith("/"), ref
@@ -66,7 +66,7 @@ def test_gallery_copies_audio_and_writes_spectrograms(gallery, hostile_items):
     out_dir = gallery.parent
     for i, item in enumerate(hostile_items):
         stem = f"{i:03d}_{safe_name(item.id)}"
-        for kind, src in (("reference", item.reference_wav), ("generated", item.generated_wav)):
+        for kind, src in item.clips():
             copy = out_dir / "audio" / f"{stem}_{kind}.wav"
             assert copy.read_bytes() == src.read_bytes()
             assert decode_png((out_dir / "images" / f"{stem}_{kind}.png").read_bytes()).ndim == 3
@@ -88,6 +88,7 @@ def test_rewrite_replaces_the_folder(tmp_path, hostile_items, run_info):
     assert sorted(p.name for p in (out_dir / "audio").iterdir()) == [
         "000_etc_passwd_generated.wav",
         "000_etc_passwd_reference.wav",
+        "000_etc_passwd_roundtrip.wav",
     ]
     assert not (out_dir / "images" / "curves.png").exists()
     assert "curves.png" not in index.read_text(encoding="utf-8")
@@ -110,6 +111,47 @@ def test_missing_wav_names_the_item_and_keeps_the_old_gallery(tmp_path, hostile_
     assert [p.name for p in out_dir.parent.iterdir()] == ["gallery"]
 
 
+def clip_columns(index: Path) -> list[str]:
+    """The headers of the items table between "id and caption" and the first score."""
+    parser = parse_page(index.read_text(encoding="utf-8"))
+    headers, in_header = [], False
+    for text in parser.text:
+        in_header = in_header or text == "id and caption"
+        if in_header and text in ("reference", "codec round trip", "generated"):
+            headers.append(text)
+    return headers
+
+
+def test_round_trips_are_a_column_between_reference_and_generated(tmp_path, hostile_items):
+    index = write_gallery(gallery_dir(tmp_path), metrics={}, params={}, items=hostile_items)
+    assert clip_columns(index) == ["reference", "codec round trip", "generated"]
+    assert "codec round trip is the reference encoded" in index.read_text(encoding="utf-8")
+    parser = parse_page(index.read_text(encoding="utf-8"))
+    sources = [a["src"] for t, a in parser.tags if t == "audio"]
+    assert [s.rsplit("_", 1)[1] for s in sources[:3]] == [
+        "reference.wav",
+        "roundtrip.wav",
+        "generated.wav",
+    ]
+    # without round trips (e.g. a gallery of older runs): two clip columns, scores after them
+    plain = [
+        GalleryItem(i.id, i.caption, i.reference_wav, i.generated_wav, i.scores)
+        for i in hostile_items
+    ]
+    index = write_gallery(gallery_dir(tmp_path / "plain"), metrics={}, params={}, items=plain)
+    assert clip_columns(index) == ["reference", "generated"]
+    parser = parse_page(index.read_text(encoding="utf-8"))
+    assert [a["data-col"] for t, a in parser.tags if t == "button"] == ["4", "5"]
+    assert len([t for t, _ in parser.tags if t == "audio"]) == 2 * len(plain)
+    # one item with a round trip: every row gets the column, the others an empty cell
+    mixed = [hostile_items[0], *plain[1:]]
+    index = write_gallery(gallery_dir(tmp_path / "mixed"), metrics={}, params={}, items=mixed)
+    assert clip_columns(index) == ["reference", "codec round trip", "generated"]
+    parser = parse_page(index.read_text(encoding="utf-8"))
+    assert [a["data-col"] for t, a in parser.tags if t == "button"] == ["5", "6"]
+    assert len([t for t, _ in parser.tags if t == "audio"]) == 2 * len(mixed) + 1
+
+
 def test_gallery_params_pick_the_key_settings():
     params = {
         "data": {"source": "musiccaps", "synthetic": {"n_clips": 240}},
@@ -129,13 +171,15 @@ def test_spectrogram_pairs_for_dvc_plots(tmp_path, hostile_items):
     paths = write_spectrogram_pairs(tmp_path / "plots", hostile_items[:2])
     assert [p.name for p in paths] == [
         "etc_passwd_reference.png",
+        "etc_passwd_roundtrip.png",
         "etc_passwd_generated.png",
         "b_id_b_reference.png",
+        "b_id_b_roundtrip.png",
         "b_id_b_generated.png",
     ]
     twin = GalleryItem("b/id/b", "", hostile_items[0].reference_wav, hostile_items[0].generated_wav)
     paths = write_spectrogram_pairs(tmp_path / "twins", [hostile_items[1], twin])
-    assert len({p.name for p in paths}) == 4  # ids equal once made safe: index-prefixed names
+    assert len({p.name for p in paths}) == 5  # ids equal once made safe: index-prefixed names
 
 
 def test_items_from_a_per_clip_table(tmp_path):
