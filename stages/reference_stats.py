@@ -1,10 +1,11 @@
-"""Stage reference_stats: the test split's real audio embedded once per evaluation embedder."""
+"""Stage reference_stats: the test split's real audio embedded once per evaluation embedder, and
+the codec round trip of the clips the gallery shows."""
 
 import argparse
 from pathlib import Path
 
 from musicgen.params import load_params
-from musicgen.pipeline import references
+from musicgen.pipeline import references, roundtrip
 
 
 def main() -> None:
@@ -15,6 +16,9 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--models", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--codec", type=Path, help="the codec_model stage's codec: the gallery's round trips"
+    )
     args = ap.parse_args()
     params = load_params(args.params)
     references.reference_stats(
@@ -26,6 +30,16 @@ def main() -> None:
         args.models,
         args.out,
     )
+    if args.codec is not None:
+        roundtrip.reference_round_trips(
+            params["evaluate"],
+            params["resample"]["sample_rate"],
+            params["codec"]["n_codebooks"],
+            args.audio,
+            args.split,
+            args.codec,
+            args.out,
+        )
 
 
 if __name__ == "__main__":

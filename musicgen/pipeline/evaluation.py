@@ -27,7 +27,7 @@ from musicgen.lm import load_lm
 from musicgen.metrics import embedders as E
 from musicgen.params import write_json
 from musicgen.pipeline.common import AUDIO, read_split
-from musicgen.pipeline.references import CAPTIONS, REFERENCE_SUMMARY, load_npz
+from musicgen.pipeline.references import CAPTIONS, REFERENCE_SUMMARY, ROUNDTRIP, load_npz
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,10 @@ def write_gallery_outputs(
     gallery_dir: Path,
     spectrograms_dir: Path,
     curves: pd.DataFrame | None = None,
+    roundtrip_dir: Path | None = None,
 ) -> None:
-    """The listening gallery of the first ``gallery_items`` clips and a few spectrogram plots."""
+    """The listening gallery of the first ``gallery_items`` clips and a few spectrogram plots;
+    with ``roundtrip_dir`` (reference_stats' ``roundtrip/``) each item's codec round trip too."""
     from musicgen.report.gallery import (
         GalleryItem,
         gallery_params,
@@ -196,6 +198,7 @@ def write_gallery_outputs(
             audio_dir / f"{row.id}.wav",
             generated_dir / AUDIO / f"{row.id}.wav",
             {c: float(getattr(row, c)) for c in score_cols},
+            None if roundtrip_dir is None else roundtrip_dir / f"{row.id}.wav",
         )
         for row in rows.itertuples(index=False)
     ]
@@ -260,7 +263,7 @@ def evaluate(
     per-codebook CE of the valid and test splits. Also the per-clip table (id, caption,
     ``fd_<name>`` per multi-window embedder, ``clap``, ``kl_passt``), the gallery (with the
     training loss and validation CE from the train stage's dvclive folder ``live_dir``, when
-    given) and spectrogram plots. The generated clips are loudness-normalised (the references
+    given, and the codec round trips of reference_stats when it wrote them) and spectrogram plots. The generated clips are loudness-normalised (the references
     are not, as in audiocraft) and read and embedded ``embed_batch_size`` at a time: memory does
     not grow with the number of clips.
     """
@@ -344,4 +347,5 @@ def evaluate(
         gallery_dir,
         spectrograms_dir,
         gallery_curves(read_live_curves(live_dir)) if live_dir is not None else None,
+        reference_dir / ROUNDTRIP if (reference_dir / ROUNDTRIP).is_dir() else None,
     )

@@ -5,9 +5,10 @@
   seeded random weights), with ``sources.json`` naming them.
 - ``reference_stats``: the test split's real audio embedded once per embedder (embeddings, mean,
   covariance, KAD bandwidth; CLAP text embeddings of the captions; PaSST's class probabilities
-  per segment, the reference side of KL). It reads no training or
-  generation param, so ``dvc exp run -S train.lr=...`` embeds only the generated side (the
-  evaluate stage, :mod:`musicgen.pipeline.evaluation`).
+  per segment, the reference side of KL); the stage also writes the codec round trip of the test
+  clips the gallery shows (:mod:`musicgen.pipeline.roundtrip`, into ``roundtrip/``). It reads no
+  training or generation param, so ``dvc exp run -S train.lr=...`` embeds only the generated side
+  (the evaluate stage, :mod:`musicgen.pipeline.evaluation`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from musicgen.pipeline.common import read_metadata, read_split
 
 CAPTIONS = "captions.csv"  # id, caption of the reference (test) clips
 REFERENCE_SUMMARY = "stats.json"
+ROUNDTRIP = "roundtrip"  # <id>.wav: the test clips through the codec (musicgen.pipeline.roundtrip)
 
 
 def eval_models(params: dict, out_dir: Path) -> None:
