@@ -31,15 +31,7 @@ def main() -> None:
         args.out,
     )
     if args.codec is not None:
-        roundtrip.reference_round_trips(
-            params["evaluate"],
-            params["resample"]["sample_rate"],
-            params["codec"]["n_codebooks"],
-            args.audio,
-            args.split,
-            args.codec,
-            args.out,
-        )
+        roundtrip.reference_round_trips(params, args.audio, args.split, args.codec, args.out)
 
 
 if __name__ == "__main__":

@@ -63,28 +63,24 @@ def codec_round_trip(
 
 
 def reference_round_trips(
-    params: dict,
-    sample_rate: int,
-    n_codebooks: int,
-    audio_dir: Path,
-    split_dir: Path,
-    codec_dir: Path,
-    out_dir: Path,
+    all_params: dict, audio_dir: Path, split_dir: Path, codec_dir: Path, out_dir: Path
 ) -> list[str]:
     """The reference_stats stage's round trips: ``out_dir/roundtrip/<id>.wav`` of the first
-    ``params["gallery_items"]`` test clips (``params``: the ``evaluate`` section; its ``device``
-    and ``embed_batch_size`` are used too).
+    ``evaluate.gallery_items`` test clips, with ``codec.n_codebooks`` codebooks, on
+    ``evaluate.device``, ``evaluate.embed_batch_size`` clips at a time (``all_params``: the
+    whole params.yaml).
 
     Returns:
         the ids round-tripped.
     """
+    params = all_params["evaluate"]
     ids = gallery_ids(read_split(split_dir, "test"), params["gallery_items"])
     codec_round_trip(
         codec_dir,
         audio_dir,
         ids,
-        sample_rate,
-        n_codebooks,
+        all_params["resample"]["sample_rate"],
+        all_params["codec"]["n_codebooks"],
         out_dir / ROUNDTRIP,
         params["device"],
         params["embed_batch_size"],
