@@ -39,3 +39,13 @@ def run(args, cwd, **kw):
 
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def restore_baseline(repo) -> None:
+    """Puts a shared pipeline copy's workspace back to its last commit: params, dvc.lock and the
+    outputs they name (from the DVC cache); a finished run's checkpoint is dropped."""
+    import shutil
+
+    run(["git", "checkout", "-q", "--", "."], repo)
+    run(["dvc", "checkout", "-q", "--force"], repo)
+    shutil.rmtree(Path(repo) / "data/checkpoint", ignore_errors=True)

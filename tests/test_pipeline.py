@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_repo import DATA_STAGES, ROOT, SMALL, copy_project, ran_stages, run
+from pipeline_repo import ROOT, SMALL, ran_stages, run
 from reference_metrics import UPDATE, committed_metrics, load_reference, out_of_tolerance
 from safetensors.torch import load_file
 
@@ -34,15 +34,10 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC copy of the project with the small params, after one full `dvc repro`."""
-    dst = copy_project(tmp_path_factory.mktemp("pipeline"), SMALL)
-    first = run(["dvc", "repro"], dst)
-    assert ran_stages(first) == DATA_STAGES | {"train", "generate", "evaluate"}
-    run(["git", "add", "-A"], dst)
-    run(["git", "commit", "-qm", "baseline"], dst)
-    return dst
+@pytest.fixture
+def repo(pipeline_repo):
+    """The session's shared run of the small embedded default (tests/conftest.py)."""
+    return pipeline_repo
 
 
 def test_every_stage_writes_its_outputs(repo):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from browsercheck import open_gallery
-from pipeline_repo import SMALL, copy_project, run
+from pipeline_repo import restore_baseline, run
 from reporthelpers import SAMPLE_RATE, SCRIPT_CAPTION, parse_page, tone
 from ruamel.yaml import YAML
 
@@ -341,8 +341,11 @@ def compare_two_experiments(repo: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compare_two_experiments_of_the_embedded_default(tmp_path_factory, tmp_path):
-    repo = copy_project(tmp_path_factory.mktemp("compare-pipeline"), SMALL)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "baseline"], repo)
-    compare_two_experiments(repo, tmp_path)
+def test_compare_two_experiments_of_the_embedded_default(pipeline_repo, tmp_path):
+    """On the session's shared run (tests/conftest.py); its experiments are removed after."""
+    restore_baseline(pipeline_repo)
+    try:
+        compare_two_experiments(pipeline_repo, tmp_path)
+    finally:
+        run(["dvc", "exp", "remove", "cfg-one", "top-k-five"], pipeline_repo)
+        restore_baseline(pipeline_repo)
