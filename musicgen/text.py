@@ -3,6 +3,16 @@
 The real run loads ``t5-base`` by hub id; the embedded default builds a small T5 encoder from a
 ``T5Config`` with random weights and a word-level tokenizer built from the training captions. Both are
 saved with ``save_pretrained`` and loaded back through :func:`load_text_encoder`, one code path.
+
+The same states on every CPU: on the CPU without autocast the encoder computes in float64
+(:func:`encode_batches`; its RMS norms too, which transformers computes in float32 for every
+input), and the states are rounded to the float16 the LM reads. Another CPU sums in another order
+(other SIMD widths, other BLAS kernels), which moves float64 results by a few units in their last
+place, about 1e-16 relative; float16's steps are 1e-3 relative, so a state rounds differently only
+when it lies within 1e-16 of a midpoint between two float16s (about once in 1e13 values; the
+embedded default has ~1e6). The tiny encoder's weights are drawn with numpy's PCG64
+(:func:`build_tiny_t5`), not torch's ``normal_``, whose float32 Box-Muller has one vectorised
+form for AVX2 and AVX-512 and a scalar one elsewhere, and so other bits.
 """
 
 from __future__ import annotations
@@ -74,7 +84,14 @@ def train_tokenizer(captions: list[str], vocab_size: int) -> PreTrainedTokenizer
 
 
 def build_tiny_t5(cfg: TinyT5Config, vocab_size: int) -> T5EncoderModel:
-    """A T5 encoder with seeded random weights."""
+    """A T5 encoder with seeded random weights, the same bytes on every CPU.
+
+    Each weight matrix is drawn uniformly with T5's initial standard deviation
+    (:func:`t5_init_std`) from numpy's PCG64: ``std * sqrt(3) * (2u - 1)``, ``u`` a 53-bit
+    integer over 2**53, computed in float64 and rounded to float32 (exact arithmetic up to one
+    correctly rounded multiply, so no instruction set can change a bit). The RMS-norm weights are
+    ones, as in T5.
+    """
     config = T5Config(
         vocab_size=vocab_size,
         d_model=cfg.d_model,
@@ -86,8 +103,44 @@ def build_tiny_t5(cfg: TinyT5Config, vocab_size: int) -> T5EncoderModel:
         pad_token_id=0,
         eos_token_id=1,
     )
-    torch.manual_seed(cfg.seed)
-    return T5EncoderModel(config).eval()
+    model = T5EncoderModel(config).eval()
+    rng = np.random.default_rng(cfg.seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():  # a tied weight once
+            std = t5_init_std(name, config)
+            if std is not None:
+                u = rng.random(tuple(weight.shape))
+                weight.copy_(torch.from_numpy((std * 3**0.5) * (2.0 * u - 1.0)))
+    return model
+
+
+def t5_init_std(name: str, config: T5Config) -> float | None:
+    """T5's initial standard deviation of the weight ``name`` (transformers'
+    ``T5PreTrainedModel._init_weights``), or None for an RMS norm's weight (ones).
+
+    Raises:
+        ValueError: for a weight these rules do not know.
+    """
+    d_model, d_kv, factor = config.d_model, config.d_kv, config.initializer_factor
+    stds = {
+        "shared": 1.0,
+        "embed_tokens": 1.0,
+        "q": (d_model * d_kv) ** -0.5,
+        "k": d_model**-0.5,
+        "v": d_model**-0.5,
+        "o": (config.num_heads * d_kv) ** -0.5,
+        "relative_attention_bias": d_model**-0.5,
+        "wi": d_model**-0.5,
+        "wi_0": d_model**-0.5,
+        "wi_1": d_model**-0.5,
+        "wo": config.d_ff**-0.5,
+    }
+    module = name.split(".")[-2]
+    if module.endswith("layer_norm"):
+        return None
+    if module not in stds or not name.endswith(".weight"):
+        raise ValueError(f"no initial standard deviation for the T5 weight {name}")
+    return factor * stds[module]
 
 
 def load_text_encoder(name_or_dir: str | Path) -> tuple[PreTrainedTokenizerBase, T5EncoderModel]:
@@ -194,20 +247,28 @@ def encode_batches(
 ) -> Iterator[list[np.ndarray]]:
     """Encodes texts with the frozen T5 encoder, on the model's device, one batch at a time.
 
+    On the CPU without autocast the encoder computes in float64 (:func:`compute_dtype`), so the
+    float16 states are the same bytes on every CPU (module docstring); elsewhere in float32 or
+    under autocast. The model's weights are converted in place to that dtype (float32 weights
+    to float64 and back are the same numbers).
+
     Args:
         tokenizer: the T5 tokenizer.
-        model: the encoder, on any device.
+        model: the encoder, on any device, with float32 (or float64) weights.
         texts: the captions.
         batch_size: texts per encoder call (padded to the longest of the batch).
         max_tokens: texts are truncated to this many tokens.
         progress: show a progress bar.
-        dtype: autocast dtype (``torch.bfloat16``), or None for float32. Not float16: T5's
-            feed-forward activations overflow it (see :func:`musicgen.device.inference_dtype`).
+        dtype: autocast dtype (``torch.bfloat16``), or None for none (float64 on the CPU,
+            float32 on CUDA). Not float16: T5's feed-forward activations overflow it (see
+            :func:`musicgen.device.inference_dtype`).
 
     Yields:
         per batch, one float16 array (L_i, D) per text, holding only its real (unpadded) tokens.
     """
     device = model.device
+    model.to(dtype=compute_dtype(device, dtype))
+    float64_norms(model)
     for i in tqdm(range(0, len(texts), batch_size), desc="encode_text", disable=not progress):
         batch = tokenizer(
             texts[i : i + batch_size],
@@ -219,11 +280,45 @@ def encode_batches(
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with autocast(device, dtype):
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
-        states = hidden.float().cpu().numpy()
+        # float64 rounds straight to float16 (one rounding); bf16/fp32 through float32
+        states = (hidden if hidden.dtype == torch.float64 else hidden.float()).cpu().numpy()
         yield [
             row[:n].astype(np.float16)
             for row, n in zip(states, batch["attention_mask"].sum(1).tolist(), strict=True)
         ]
+
+
+def compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of the encoder's weights and states: float64 on the CPU without autocast
+    (``dtype`` None), so that the states do not depend on the CPU; else float32 (a GPU's float64
+    is slow, and its autocast, bf16, is what runs)."""
+    return torch.float64 if dtype is None and device.type == "cpu" else torch.float32
+
+
+def float64_norms(model: torch.nn.Module) -> None:
+    """Makes each T5 RMS norm of ``model`` compute its variance in float64 when its input is
+    float64 (transformers computes it in float32 for every input, and a float32 mean's sum order
+    differs between instruction sets); other inputs are left as transformers computes them.
+    Idempotent."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    for module in model.modules():
+        if isinstance(module, T5LayerNorm) and not getattr(module, "float64_variance", False):
+            module.register_forward_hook(_rms_norm_in_float64)
+            module.float64_variance = True
+
+
+def _rms_norm_in_float64(
+    module: torch.nn.Module, args: tuple[torch.Tensor], output: torch.Tensor
+) -> torch.Tensor | None:
+    """A T5LayerNorm's forward hook: for a float64 input (..., D), T5's RMS norm with its
+    variance in float64 too, in transformers' order of operations; None (the output as it is)
+    for any other input."""
+    (x,) = args
+    if x.dtype != torch.float64:
+        return None
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return module.weight * (x * torch.rsqrt(variance + module.variance_epsilon))
 
 
 def encode_texts(*args, **kwargs) -> list[np.ndarray]:

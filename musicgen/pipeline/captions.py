@@ -46,7 +46,9 @@ def encode_text(
     """The encode_text stage: T5 states of each caption and its word-dropout variants (float16).
 
     T5 runs on ``encode_text.device`` in ``encode_text.precision``: ``auto`` is bf16 autocast on
-    CUDA (T5 overflows fp16, which is refused) and fp32 on the CPU.
+    CUDA (T5 overflows fp16, which is refused); without autocast (``auto`` or ``fp32`` on the CPU)
+    it computes in float64 on the CPU, so the float16 states are the same bytes on every CPU
+    (:func:`musicgen.text.encode_batches`), and in float32 on CUDA.
     """
     from musicgen import text as T
 
