@@ -258,7 +258,8 @@ def evaluate(
     (the reverse) and ``kl_passt_both`` (their sum); ``clap_score`` (and ``clap_score_reference``,
     the real clips' score). ``details_path`` holds the rest: ``fd_clips``; under
     ``embedders.<name>`` its weights source, the sizes (``n_ref``/``n_gen`` embeddings,
-    ``clips_ref``/``clips_gen``, ``dim``), the FAD∞ fit and the KAD bandwidth; under ``kl_passt``
+    ``clips_ref``/``clips_gen``, ``dim``), the FAD∞ fit and the KAD bandwidth (for ``mel`` also
+    the Fréchet distance of each of its blocks: ``fad_logmel``, ``fad_chroma``, ``fad_onset``); under ``kl_passt``
     the weights, ``n_segments`` (segment pairs) and ``segments_per_clip``; the perplexities and
     per-codebook CE of the valid and test splits. Also the per-clip table (id, caption,
     ``fd_<name>`` per multi-window embedder, ``clap``, ``kl_passt``), the gallery (with the
@@ -309,6 +310,9 @@ def evaluate(
         scores, per_clip = score_embedder(reference, generated.embeddings, params["fad_inf"])
         metrics.update({f"{k}_{name}": scores.pop(k) for k in SCORES})
         details["embedders"][name] = {"embedder": name, "weights": weights, **scores}
+        if name == "mel":  # timbre, pitch and rhythm apart: fad_logmel, fad_chroma, fad_onset
+            blocks = E.block_distances(reference["embeddings"], generated.embeddings)
+            details["embedders"][name] |= {f"fad_{k}": v for k, v in blocks.items()}
         if per_clip is not None:
             table[f"fd_{name}"] = per_clip
         if name == "clap":
