@@ -34,6 +34,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from musicgen import sharding as SH
 from musicgen.data.store import CodesAndText
 from musicgen.device import autocast, autocast_dtype, pick_device
 from musicgen.io import atomic_path
@@ -87,6 +88,7 @@ class TrainConfig:
     nnodes: int = 1  # machines; > 1 needs rdzv_endpoint (see README, training at scale)
     rdzv_endpoint: str = ""  # host:port of the rendezvous (multi-node)
     dist_timeout_min: float = 60.0  # how long a rank waits in a collective (rank 0 saving) first
+    sharding: str = "none"  # none (DDP: a whole copy per process) | fsdp (musicgen.sharding)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ValueError("train.ema_every, train.nproc_per_node and train.nnodes must be >= 1")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port)")
+        if self.sharding not in SH.SHARDINGS:
+            raise ValueError(f"train.sharding must be one of {SH.SHARDINGS}, got {self.sharding!r}")
         if not self.dist_timeout_min > 0:
             raise ValueError(f"train.dist_timeout_min must be > 0, got {self.dist_timeout_min}")
 
@@ -137,6 +141,8 @@ def run_identity(cfg: TrainConfig) -> dict:
         del identity["steps"]
     if cfg.schedule != "wsd":
         del identity["schedule_steps"], identity["wsd_decay_frac"]
+    if cfg.sharding == "none":  # fsdp: another checkpoint format and mixed-precision rounding
+        del identity["sharding"]
     return identity
 
 
@@ -289,14 +295,23 @@ def torchrun_command(
     return cmd + list(argv)
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer updates, by name: all of them, but the adapters alone in a
+    LoRA run (:mod:`musicgen.lora` freezes the rest). EMA, optimizer state and checkpoints hold
+    these."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
 @torch.no_grad()
 def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * weights``; integer buffers are copied."""
-    for name, p in model.state_dict().items():
-        if p.dtype.is_floating_point:
-            ema[name].lerp_(p, 1.0 - decay)
+    """``ema <- decay * ema + (1 - decay) * weights`` for the weights ``ema`` holds; integer
+    buffers are copied."""
+    state = model.state_dict()
+    for name, e in ema.items():
+        if e.dtype.is_floating_point:
+            e.lerp_(state[name], 1.0 - decay)
         else:
-            ema[name].copy_(p)
+            e.copy_(state[name])
 
 
 @torch.no_grad()
@@ -354,10 +369,12 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler,
     meta: dict,
 ) -> None:
-    """Writes weights, EMA, optimizer moments (safetensors) and ``meta`` with the GradScaler's
-    state (JSON), atomically."""
+    """Writes the trainable weights (:func:`trainable_state`; frozen ones come from the run's
+    init), EMA, optimizer moments (safetensors) and ``meta`` with the GradScaler's state (JSON),
+    atomically."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    trained = trainable_state(model).items()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trained}
     tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in ema.items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -375,15 +392,19 @@ def write_meta(ckpt_dir: Path, meta: dict) -> None:
         tmp.write_text(json.dumps(meta, indent=2, default=float))
 
 
-def load_checkpoint(ckpt_dir: Path, run_hash: str, cfg: TrainConfig) -> tuple[dict, dict] | None:
-    """The tensors and meta of the same run (same ``run_hash``) that can go on to ``cfg.steps``.
+def load_checkpoint(
+    ckpt_dir: Path, run_hash: str, cfg: TrainConfig
+) -> tuple[dict | Path, dict] | None:
+    """The tensors (sharded: their DCP directory) and meta of the same run (same ``run_hash``)
+    that can go on to ``cfg.steps``.
 
     That is an unfinished run, or a finished one whose schedule's horizon does not depend on
     ``steps`` (``run_hash`` then leaves ``steps`` out, see :func:`run_identity`). Anything else is
     reported, with the reason, and ignored: the run starts over.
     """
     meta_path = ckpt_dir / "meta.json"
-    if not meta_path.exists() or not (ckpt_dir / "state.safetensors").exists():
+    whole = cfg.sharding == "none"
+    if not meta_path.exists() or (whole and not (ckpt_dir / "state.safetensors").exists()):
         return None
     meta = json.loads(meta_path.read_text())
     if meta.get("run_hash") != run_hash:
@@ -407,6 +428,9 @@ def load_checkpoint(ckpt_dir: Path, run_hash: str, cfg: TrainConfig) -> tuple[di
             cfg.steps,
             cfg.schedule,
         )
+    if not whole:
+        path = SH.state_dir(ckpt_dir, meta)
+        return None if path is None else (path, meta)
     return load_file(str(ckpt_dir / "state.safetensors")), meta
 
 
@@ -433,8 +457,15 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> None:
-    """Loads a checkpoint's state into the model, EMA, optimizer and GradScaler."""
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    """Loads a checkpoint's state into the model (its trainable weights), EMA, optimizer and
+    GradScaler."""
+    saved = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    params = trainable_state(model)
+    if saved.keys() != params.keys():
+        raise RuntimeError("the checkpoint holds other trainable weights than the model has")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
     for k in ema:
         ema[k].copy_(tensors[f"ema.{k}"])
     state: dict[int, dict] = {}
@@ -451,7 +482,7 @@ def make_optimizer(model: LM, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on every parameter (``all``, as audiocraft) or on matrices only
     (``matrices``: not on norms, biases or embeddings)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in trainable_state(model).items():
         matrix = p.dim() >= 2 and not name.startswith("embed")
         (decay if matrix or cfg.weight_decay_on == "all" else no_decay).append(p)
     groups = [
@@ -586,7 +617,8 @@ def train(
 
     Returns:
         ``{"ema": state dict, "history": [...], "val_ce_init": (K,), "val_ce_final_raw": (K,),
-        "config": dict}``
+        "config": dict}``; the EMA of the trainable weights (:func:`trainable_state`: all but
+        frozen ones, e.g. a LoRA run's base).
     """
     with distributed(cfg.device, cfg.dist_timeout_min) as (ranks, device):
         return _train(
@@ -611,26 +643,32 @@ def _train(
         raise ValueError(
             f"train.batch_size = {cfg.batch_size} is not divisible by the {ranks.world} processes"
         )
+    SH.check_world(cfg.sharding, ranks.world)
+    sharded = cfg.sharding == "fsdp"
     amp = autocast_dtype(cfg.precision, device)
     model.to(device).train()
     model.grad_checkpointing = cfg.grad_checkpointing
+    if sharded:
+        SH.shard(model, amp)  # in place, before the optimizer and the EMA take its weights
     optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    scaler = SH.grad_scaler(device, amp, sharded)
+    # a sharded forward is collective: every rank validates every batch (ranks differ in count)
+    eval_ranks = Ranks() if sharded else ranks
+    ema = {k: v.detach().clone() for k, v in trainable_state(model).items()}
     resumed = load_checkpoint(ckpt_dir, run_hash, cfg)
     start = resumed[1]["step"] if resumed is not None else 0
     agree_on_start(start, run_hash, ckpt_dir, ranks, device)  # before any other collective
     if resumed is not None:
         meta = resumed[1]
-        restore(*resumed, model, ema, optimizer, scaler)
+        (SH.restore if sharded else restore)(*resumed, model, ema, optimizer, scaler)
         history, val_ce_init = meta["history"], np.array(meta["val_ce_init"])
         del resumed  # the checkpoint's mapped tensors
         log.info("resuming from step %d", start)
     else:
-        val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
+        val_ce_init = validation_ce(model, valid_data, cfg.eval_batch_size, device, eval_ranks)
         history = [{"step": 0, "val_ce": float(val_ce_init.mean())}]
     net = model
-    if ranks.world > 1:
+    if ranks.world > 1 and not sharded:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     live = open_live(live_dir, history) if live_dir is not None and ranks.main else None
@@ -670,32 +708,31 @@ def _train(
             "train_loss": float(np.mean(train_ce)),
             "train_ce": train_ce,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": float(SH.whole(grad_norm)),
             "tokens_per_s": tokens_per_step / (time.perf_counter() - began),
         }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            val_ce = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
+            val_ce = validation_ce(model, valid_data, cfg.eval_batch_size, device, eval_ranks)
             record["val_ce"] = float(val_ce.mean())
         history.append(record)
         if live is not None:
             log_live(live, record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{lr:.2e}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and ranks.main:
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             meta = {"step": step + 1, "history": history, "val_ce_init": val_ce_init.tolist()}
-            save_checkpoint(ckpt_dir, model, ema, optimizer, scaler, run_meta(meta, run_hash, cfg))
-    val_ce_final_raw = validation_ce(model, valid_data, cfg.eval_batch_size, device, ranks)
-    if ranks.main:
-        meta = {
-            "step": cfg.steps,
-            "history": history,
-            "val_ce_init": val_ce_init.tolist(),
-            "complete": True,  # kept whole: a schedule that allows it continues from here
-        }
-        save_checkpoint(ckpt_dir, model, ema, optimizer, scaler, run_meta(meta, run_hash, cfg))
+            write_checkpoint(ckpt_dir, model, ema, optimizer, scaler, meta, run_hash, cfg, ranks)
+    val_ce_final_raw = validation_ce(model, valid_data, cfg.eval_batch_size, device, eval_ranks)
+    meta = {
+        "step": cfg.steps,
+        "history": history,
+        "val_ce_init": val_ce_init.tolist(),
+        "complete": True,  # kept whole: a schedule that allows it continues from here
+    }
+    write_checkpoint(ckpt_dir, model, ema, optimizer, scaler, meta, run_hash, cfg, ranks)
     if live is not None:
         live.end()
     return {
-        "ema": {k: v.cpu() for k, v in ema.items()},
+        "ema": SH.gathered(ema),  # sharded: gathered on every rank
         "history": history,
         "val_ce_init": val_ce_init,
         "val_ce_final_raw": val_ce_final_raw,
@@ -703,12 +740,40 @@ def _train(
     }
 
 
+def write_checkpoint(
+    ckpt_dir: Path,
+    model: LM,
+    ema: dict,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    meta: dict,
+    run_hash: str,
+    cfg: TrainConfig,
+    ranks: Ranks,
+) -> None:
+    """The run's checkpoint at ``meta["step"]``: rank 0 writes the whole state
+    (:func:`save_checkpoint`), or under FSDP every rank its shards (:func:`musicgen.sharding.save`).
+    """
+    meta = run_meta(meta, run_hash, cfg)
+    if cfg.sharding == "fsdp":
+        SH.save(ckpt_dir, model, ema, optimizer, scaler, meta)
+    elif ranks.main:
+        save_checkpoint(ckpt_dir, model, ema, optimizer, scaler, meta)
+
+
 def run_meta(meta: dict, run_hash: str, cfg: TrainConfig) -> dict:
     """A checkpoint's meta with what identifies its run."""
     return {"run_hash": run_hash, "identity": run_identity(cfg), "code": code_hash(), **meta}
 
 
-LOOP_MODULES = ("musicgen.train", "musicgen.lm", "musicgen.patterns", "musicgen.data.store")
+LOOP_MODULES = (
+    "musicgen.train",
+    "musicgen.lm",
+    "musicgen.patterns",
+    "musicgen.data.store",
+    "musicgen.lora",
+    "musicgen.sharding",
+)
 
 
 def code_hash() -> str:
@@ -765,7 +830,7 @@ def start_disagreement(
         problems.append(
             " and ".join(map(_rank_list, _groups(codes)))
             + " run different training code (musicgen/train.py, lm.py, patterns.py, "
-            "data/store.py): every node must run the same checkout"
+            "lora.py, data/store.py): every node must run the same checkout"
         )
     if len(set(runs)) > 1:
         problems.append(
