@@ -31,6 +31,10 @@ def generate(
     CPU, where the numba decoding step runs; on CUDA each decoding step is replayed from a CUDA
     graph, ``generate(static_step=True)``). Guidance and sampling always use float32 logits.
     The sampling RNG lives on the device, so a CUDA run draws other samples than a CPU run.
+
+    Each clip is ``generate.seconds`` long (null: the test clips' length); past the LM's window
+    (``generate.window_s``, null: the length of its training clips, the tokens' frames) it goes
+    on in sliding windows that move on by ``generate.extend_stride_s`` (:mod:`musicgen.extend`).
     """
     device = pick_device(params["device"])
     with device_scope(device):  # cuda:<n>: streams and graphs on that GPU
@@ -46,7 +50,8 @@ def _generate(
     from tqdm import tqdm
 
     from musicgen import codec as C
-    from musicgen.generate import DecoderPool, SamplingConfig, generate, pad_text
+    from musicgen.extend import WindowPools, generate_long
+    from musicgen.generate import SamplingConfig, pad_text
 
     dtype = inference_dtype(params["precision"], device)
     static = device.type == "cuda"  # decoding steps in a CUDA graph; the CPU runs the numba step
@@ -62,12 +67,13 @@ def _generate(
         top_p=params["top_p"],
         temperature=params["temperature"],
     )
-    n_frames = data.n_frames
+    rate = codec.config.sampling_rate
+    frame_rate = rate / codec.config.hop_length
+    n_frames, windowing = clip_frames(params, data.n_frames, frame_rate)
     generator = torch.Generator(device).manual_seed(params["seed"])
     codes, bs = [], params["batch_size"]
     text_length = max(1, int(data.spans[:, 0, 1].max(initial=0)))  # the longest caption
-    decoders = DecoderPool()  # batches of one shape reuse a decoder (on CUDA: one graph capture)
-    rate = codec.config.sampling_rate
+    pools = WindowPools()  # batches of one shape reuse decoders (on CUDA: one graph capture)
     for i in tqdm(range(0, len(data), bs), desc="generate", disable=not progress):
         b = data.batch(np.arange(i, min(i + bs, len(data))))
         cond, cond_mask = b.cond, b.cond_mask
@@ -75,16 +81,17 @@ def _generate(
             cond, cond_mask = pad_text(cond, cond_mask, text_length)
         cond, cond_mask = cond.to(device), cond_mask.to(device)
         with autocast(device, dtype, cache_enabled=not static):
-            out = generate(  # (b, K, T)
+            out = generate_long(  # (b, K, T)
                 model,
                 cond,
                 cond_mask,
                 n_frames,
                 sampling,
+                windowing,
                 generator,
+                pools=pools,
                 weights=params["weights"],
                 static_step=static,
-                decoders=decoders,
             )
         audio = C.decode(codec, out, dtype=dtype).numpy()  # (b, T * hop)
         out = out.cpu()
@@ -92,3 +99,23 @@ def _generate(
             write_wav(out_dir / AUDIO / f"{ytid}.wav", clip, rate)
         codes.append(out.numpy())
     save_tokens(out_dir / "tokens", test_ids, np.concatenate(codes))
+
+
+def clip_frames(params: dict, trained_frames: int, frame_rate: float):
+    """Frames of each generated clip and the :class:`musicgen.extend.Windowing` of the LM.
+
+    Args:
+        params: the ``generate`` params (``seconds``, ``window_s``, ``extend_stride_s``; a
+            missing or null key takes its default).
+        trained_frames: frames of the clips the LM was trained on (the tokens').
+        frame_rate: the codec's frames per second.
+
+    Returns:
+        (n_frames, windowing).
+    """
+    from musicgen.extend import Windowing
+
+    seconds, window_s = params.get("seconds"), params.get("window_s")
+    n_frames = round(seconds * frame_rate) if seconds else trained_frames
+    window_s = window_s or trained_frames / frame_rate
+    return n_frames, Windowing.from_seconds(frame_rate, window_s, params.get("extend_stride_s"))
