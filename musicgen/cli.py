@@ -8,7 +8,9 @@
 - ``musicgen convert-hf SRC DST``: a Hugging Face MusicGen checkpoint in this project's LM format
   (see :mod:`musicgen.convert`);
 - ``musicgen compare A B --out DIR``: an A/B listening page of two runs or DVC experiments
-  (:mod:`musicgen.cli_compare`).
+  (:mod:`musicgen.cli_compare`);
+- ``musicgen check-repro [RUN]``: a run's metrics against the committed reference, within the
+  cross-machine tolerance (:mod:`musicgen.cli_repro`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,28 @@ SAMPLING_OPTIONS = [
         None,
         None,
         f"seconds of new audio (default: {DEFAULT_SECONDS:g}; for a run at most the length of "
-        "its training clips)",
+        "its training clips); past --window in sliding windows",
+    ),
+    (
+        "--window",
+        "S",
+        float,
+        0,
+        False,
+        None,
+        None,
+        "the LM's window in seconds (default: a run's clip length; 30 for --hf)",
+    ),
+    (
+        "--extend-stride",
+        "S",
+        float,
+        0,
+        False,
+        None,
+        None,
+        "seconds each later window moves on; it starts with the output's last window - stride "
+        "seconds (default: 0.6 x window, audiocraft's 18 of 30)",
     ),
     ("--cfg", "C", float, 0, True, None, 3.0, "classifier-free guidance; 1 turns it off"),
     ("--top-k", "K", int, 0, True, None, 250, "sample among the K likeliest tokens; 0 disables"),
@@ -155,14 +178,30 @@ def output_paths(out: Path, prompts: list[str], overwrite: bool) -> list[Path]:
 def run_seconds(asked: float | None, trained: float | None) -> float:
     """The length to generate: as asked, else MusicGen's 10 s capped at the run's clip length."""
     if asked is not None:
-        if trained is not None and asked > trained:
-            log.warning(
-                "the LM was trained on %.1f s clips; %.1f s go beyond the lengths it saw",
-                trained,
-                asked,
-            )
         return asked
     return min(DEFAULT_SECONDS, trained) if trained else DEFAULT_SECONDS
+
+
+def run_windowing(args: argparse.Namespace, model):
+    """The :class:`musicgen.extend.Windowing` of ``--window`` (default: the model's training
+    window) and ``--extend-stride``, at the model's frame rate.
+
+    Raises:
+        UsageError: if the stride is not shorter than the window.
+    """
+    from musicgen.extend import PUBLISHED_WINDOW_S, Windowing
+
+    window = args.window or model.trained_seconds or PUBLISHED_WINDOW_S
+    try:
+        windowing = Windowing.from_seconds(model.frame_rate, window, args.extend_stride)
+    except ValueError as err:
+        raise UsageError(f"--window {window:g} --extend-stride: {err}") from err
+    log.info(
+        "window %.1f s, stride %.1f s (longer outputs continue in sliding windows)",
+        windowing.window / model.frame_rate,
+        windowing.stride / model.frame_rate,
+    )
+    return windowing
 
 
 def generate_command(args: argparse.Namespace) -> None:
@@ -190,6 +229,7 @@ def generate_command(args: argparse.Namespace) -> None:
         log.info("loading the run at %s", args.model)
         model = inference.load_run(args.model, device, args.precision)
     seconds = run_seconds(args.seconds, model.trained_seconds)
+    windowing = run_windowing(args, model)
     prompt = None if args.cont is None else model.encode_audio(args.cont)
     sampling = SamplingConfig(
         cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature
@@ -200,6 +240,8 @@ def generate_command(args: argparse.Namespace) -> None:
         "seconds": seconds,
         "continue": None if args.cont is None else str(args.cont.resolve()),
         "continue_frames": 0 if prompt is None else int(prompt.shape[2]),
+        "window_frames": windowing.window,
+        "extend_stride_frames": windowing.stride,
         "sampling": asdict(sampling),
         "seed": args.seed,
         "batch_size": args.batch_size,
@@ -212,7 +254,7 @@ def generate_command(args: argparse.Namespace) -> None:
     with tqdm(total=len(prompts), desc="generate", unit="prompt") as bar:
         for start in range(0, len(prompts), bs):
             batch = prompts[start : start + bs]
-            audio = model.generate(batch, seconds, sampling, generator, prompt)
+            audio = model.generate(batch, seconds, sampling, generator, prompt, windowing)
             for i, (text, clip) in enumerate(zip(batch, audio, strict=True), start):
                 write_wav(paths[i], clip, model.sample_rate)
                 write_json(
@@ -345,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     from musicgen.cli_compare import add_compare  # its own module (it imports this one)
 
     add_compare(commands)
+    from musicgen.cli_repro import add_check_repro  # its own module (it imports this one)
+
+    add_check_repro(commands)
     return parser
 
 

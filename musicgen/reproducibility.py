@@ -19,14 +19,16 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from musicgen.machine import cpu_model  # noqa: F401 - scripts and benchmarks import it here
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL_REFERENCE = PROJECT_ROOT / "tests" / "reference" / "small_metrics.json"
@@ -46,7 +48,12 @@ SMALL = {  # a few clips, short, few steps: the same code paths in a minute or t
     ("generate", "max_items"): 6,
 }
 
-TOLERANCES = [  # (key pattern, absolute, relative): the first that matches applies
+SEED_SPREAD = PROJECT_ROOT / "benchmarks" / "seed_spread.json"  # benchmarks/seed_spread.py
+SIGMAS = 4.0  # a metric's bound: this many standard deviations of its seed spread
+FLOOR = 1e-3  # relative: the least bound of a float metric, however little it varied
+
+TOLERANCES = [  # metrics the seed spread does not hold: (key pattern, absolute, relative), the first
+    # that matches applies. Reasoned, not measured (README, Reproducibility).
     (r"^(clips|filtered|fd_clips|fd_windows|frames|steps|tokens_seen|parameters)", 0.0, 0.0),
     (r"_distinct$|^distinct_mean$", 0.0, 0.05),  # codebook entries in use
     (r"entropy_bits", 0.05, 0.0),  # bits
@@ -59,13 +66,70 @@ TOLERANCES = [  # (key pattern, absolute, relative): the first that matches appl
 DEFAULT = (0.0, 0.02)  # any other float
 
 
-def tolerance(key: str, value: float = 0.0) -> tuple[float, float]:
-    """(absolute, relative) tolerance of a metric, by its name (of a nested one, the last part);
-    one that no pattern names is exact if it is an integer (a count), else :data:`DEFAULT`."""
+@dataclass(frozen=True)
+class Bound:
+    """How far a metric may move from the reference: ``math.isclose``'s abs_tol and rel_tol,
+    and where that comes from."""
+
+    absolute: float
+    relative: float
+    std: float | None  # the metric's standard deviation over training seeds; None: not measured
+    source: str  # "4 sigma", "floor", "exact", or "not measured"
+
+    def holds(self, value: float, reference: float) -> bool:
+        return math.isclose(value, reference, abs_tol=self.absolute, rel_tol=self.relative)
+
+    def describe(self) -> str:
+        """``±0.0421 (4 sigma, sigma 0.0105)``, ``exact``, ``±3 % (not measured)``, ..."""
+        if self.absolute == self.relative == 0:
+            return "exact"
+        parts = [f"±{self.absolute:.3g}"] if self.absolute else []
+        parts += [f"±{self.relative:.3g} rel"] if self.relative else []
+        sigma = f", sigma {self.std:.3g}" if self.std is not None else ""
+        return f"{' or '.join(parts)} ({self.source}{sigma})"
+
+
+def load_seed_spread(path: Path = SEED_SPREAD) -> dict[str, dict[str, dict]]:
+    """benchmarks/seed_spread.json's metrics (file -> flattened key -> mean, std, values); {}
+    when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text())["metrics"] if path.is_file() else {}
+
+
+def bound(
+    key: str, value: float = 0.0, file: str | None = None, spread: dict | None = None
+) -> Bound:
+    """The tolerance of a metric (``key`` flattened, e.g. ``val_ce``; ``file`` its metrics file,
+    e.g. ``train.json``; ``value`` the reference's value).
+
+    A metric in the seed spread (``spread``, default :func:`load_seed_spread`; any file when
+    ``file`` is None): an integer that no seed changed is exact; otherwise ``SIGMAS`` standard
+    deviations of its values over training seeds, at least ``FLOOR`` of ``value``. Another
+    metric: :data:`TOLERANCES` by its name (of a nested one, the last part), else exact for an
+    integer (a count) and :data:`DEFAULT` for a float.
+    """
+    spread = load_seed_spread() if spread is None else spread
+    files = [file] if file is not None else sorted(spread)
+    measured = next((spread[f][key] for f in files if key in spread.get(f, {})), None)
+    if measured is not None:
+        std = float(measured["std"])
+        if std == 0 and all(isinstance(v, int) for v in measured["values"]):
+            return Bound(0.0, 0.0, 0.0, "exact")
+        if SIGMAS * std >= FLOOR * abs(value):
+            return Bound(SIGMAS * std, 0.0, std, f"{SIGMAS:g} sigma")
+        return Bound(0.0, FLOOR, std, "floor")
     for pattern, absolute, relative in TOLERANCES:
         if re.search(pattern, key.rsplit("/", 1)[-1]):
-            return absolute, relative
-    return (0.0, 0.0) if isinstance(value, int) else DEFAULT
+            return Bound(absolute, relative, None, "not measured")
+    if isinstance(value, int):
+        return Bound(0.0, 0.0, None, "exact")
+    return Bound(*DEFAULT, None, "not measured")
+
+
+def tolerance(key: str, value: float = 0.0, file: str | None = None) -> tuple[float, float]:
+    """(absolute, relative) tolerance of a metric: :func:`bound`'s."""
+    b = bound(key, value, file)
+    return b.absolute, b.relative
 
 
 def committed_metrics(repo: Path) -> dict[str, dict]:
@@ -105,28 +169,60 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
-def out_of_tolerance(measured: dict[str, dict], reference: dict[str, dict]) -> list[str]:
-    """What differs beyond :func:`tolerance`, one line each ([] when everything holds)."""
-    problems = []
+def out_of_tolerance(
+    measured: dict[str, dict], reference: dict[str, dict], spread: dict | None = None
+) -> list[str]:
+    """What differs beyond :func:`bound`, one line each ([] when everything holds)."""
+    return [c.line() for c in compare_metrics(measured, reference, spread) if not c.ok]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of a run against the reference."""
+
+    file: str
+    key: str
+    value: object
+    reference: object
+    bound: Bound | None  # None for a missing or non-numeric metric
+    ok: bool
+    missing: str | None = None  # "this run" or "the reference" when one side lacks it
+
+    def line(self) -> str:
+        """``train.json val_ce: 7.1006 vs reference 7.1384 (-0.0378; allowed ±0.04 (4 sigma,
+        sigma 0.01))``, or what is missing."""
+        where = f"{self.file} {self.key}"
+        if self.missing:
+            return f"{where}: not in {self.missing} (after a deliberate change: {UPDATE})"
+        if self.bound is None:
+            return f"{where}: {self.value!r} != {self.reference!r}"
+        moved = self.value - self.reference
+        return (
+            f"{where}: {self.value:.6g} vs reference {self.reference:.6g} ({moved:+.3g}; "
+            f"allowed: {self.bound.describe()})"
+        )
+
+
+def compare_metrics(
+    measured: dict[str, dict], reference: dict[str, dict], spread: dict | None = None
+) -> list[Comparison]:
+    """Every metric of either side, file by file and key by key (sorted), against the other."""
+    spread = load_seed_spread() if spread is None else spread
+    out = []
     for file in sorted(set(measured) | set(reference)):
         got, want = flatten(measured.get(file, {})), flatten(reference.get(file, {}))
         for key in sorted(set(got) | set(want)):
-            where = f"{file} {key}"
-            if key not in want or key not in got:
-                side = "the reference" if key not in want else "this run"
-                problems.append(f"{where}: not in {side} (after a deliberate change: {UPDATE})")
+            a, b = got.get(key), want.get(key)
+            if key not in got or key not in want:
+                side = "this run" if key not in got else "the reference"
+                out.append(Comparison(file, key, a, b, None, False, side))
                 continue
-            a, b = got[key], want[key]
-            if isinstance(a, bool | str) or isinstance(b, bool | str) or a is None or b is None:
-                if a != b:
-                    problems.append(f"{where}: {a!r} != {b!r}")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+                out.append(Comparison(file, key, a, b, None, a == b))
                 continue
-            absolute, relative = tolerance(key, b)
-            if not math.isclose(a, b, abs_tol=absolute, rel_tol=relative):
-                problems.append(
-                    f"{where}: {a:.6g} vs reference {b:.6g} (allowed: abs {absolute:g}, rel {relative:g})"
-                )
-    return problems
+            limit = bound(key, b, file, spread)
+            out.append(Comparison(file, key, a, b, limit, limit.holds(a, b)))
+    return out
 
 
 def load_reference(path: Path = SMALL_REFERENCE) -> dict[str, dict]:
@@ -239,14 +335,3 @@ def _read_meta(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
