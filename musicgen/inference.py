@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicgen.extend import PUBLISHED_WINDOW_S
 from musicgen.lm import LM
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class MusicGen:
         text_encoder: a frozen ``T5EncoderModel``, on the device.
         source: where it came from, e.g. ``run:/path/to/run`` or ``hf:facebook/musicgen-small``.
         max_words: captions are cut to their first ``max_words`` words (None: no limit).
-        trained_seconds: length of the clips the LM was trained on (None: unknown).
+        trained_seconds: length of the clips the LM was trained on (None: unknown; a published
+            MusicGen: 30 s), its window for long generation (:mod:`musicgen.extend`).
         precision: ``auto`` | ``fp32`` | ``fp16`` | ``bf16``: the autocast of the LM and the codec;
             T5 takes the same but never fp16 (it overflows; ``fp16`` and ``auto`` give bf16 on
             CUDA).
@@ -157,6 +159,7 @@ class MusicGen:
         sampling,
         generator: torch.Generator,
         prompt: torch.Tensor | None = None,
+        windowing=None,
     ) -> torch.Tensor:
         """Codes for each text (see :func:`musicgen.generate.generate`).
 
@@ -166,18 +169,25 @@ class MusicGen:
             sampling: a :class:`musicgen.generate.SamplingConfig`.
             generator: the torch RNG on the LM's device.
             prompt: (1, K, Tp) or (B, K, Tp) codes that every output starts with, or None.
+            windowing: a :class:`musicgen.extend.Windowing`: past its window, sliding windows
+                (:func:`musicgen.extend.generate_long`); None: one window of T frames.
 
         Returns:
             (B, K, T) int64 codes on the LM's device.
         """
         from musicgen.device import autocast
+        from musicgen.extend import generate_long
         from musicgen.generate import generate
 
         cond, mask = self.condition(texts)
         if prompt is not None:
             prompt = prompt.expand(len(texts), -1, -1)
         with autocast(self.device, self.dtype):
-            return generate(self.lm, cond, mask, n_frames, sampling, generator, prompt=prompt)
+            if windowing is None:
+                return generate(self.lm, cond, mask, n_frames, sampling, generator, prompt=prompt)
+            return generate_long(
+                self.lm, cond, mask, n_frames, sampling, windowing, generator, prompt
+            )
 
     def generate(
         self,
@@ -186,8 +196,10 @@ class MusicGen:
         sampling,
         generator: torch.Generator,
         prompt: torch.Tensor | None = None,
+        windowing=None,
     ) -> np.ndarray:
-        """Audio for each text: ``seconds`` of new audio after the prompt, if any.
+        """Audio for each text: ``seconds`` of new audio after the prompt, if any, past the
+        window of ``windowing`` (a :class:`musicgen.extend.Windowing`) in sliding windows.
 
         Returns:
             (B, S) float32 audio at :attr:`sample_rate`: the prompt's Tp frames re-synthesised
@@ -199,7 +211,7 @@ class MusicGen:
             raise ValueError(f"seconds must be > 0, got {seconds}")
         n_prompt = 0 if prompt is None else prompt.shape[2]
         n_frames = n_prompt + math.ceil(seconds * self.frame_rate)
-        codes = self.sample(texts, n_frames, sampling, generator, prompt)
+        codes = self.sample(texts, n_frames, sampling, generator, prompt, windowing)
         audio = decode(self.codec, codes, dtype=self.dtype).numpy()  # (B, n_frames * hop)
         return audio[:, : n_prompt * self.hop + round(seconds * self.sample_rate)]
 
@@ -388,6 +400,7 @@ def load_hf(src: str, device: torch.device, precision: str = "auto") -> MusicGen
         tokenizer,
         model.text_encoder.to(device).eval().requires_grad_(False),
         f"hf:{src}",
+        trained_seconds=PUBLISHED_WINDOW_S,
         precision=precision,
     )
     check_compatible(m)

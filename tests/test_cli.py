@@ -237,6 +237,27 @@ def test_continue_starts_with_the_prompt_audio_codes(tiny_run, tmp_path, capsys)
     assert json.loads(wav.with_suffix(".json").read_text())["continue_frames"] == 25
 
 
+def test_generate_past_the_runs_window_continues_in_sliding_windows(tiny_run, tmp_path, capsys):
+    """A run trained on 4 s clips asked for 7 s writes 7 s: a 4 s window, then one moved on by
+    the stride; the first window's codes are those of plain 4 s generation with the seed."""
+    from musicgen.extend import Windowing
+
+    wav = tmp_path / "long.wav"
+    argv = ["generate", "calm", "--model", tiny_run, "--seconds", 7, "--out", wav]
+    code, _, err = run_cli([*argv, "--extend-stride", 3], capsys)
+    assert code == 0, err
+    assert sf.info(str(wav)).frames == 7 * RATE
+    sidecar = json.loads(wav.with_suffix(".json").read_text())
+    assert (sidecar["window_frames"], sidecar["extend_stride_frames"]) == (200, 150)
+    m = load_run(tiny_run, torch.device("cpu"))
+    windowing = Windowing.from_seconds(m.frame_rate, 4.0, 3.0)
+    long = m.sample(
+        ["calm"], 350, SamplingConfig(), torch.Generator().manual_seed(0), None, windowing
+    )
+    plain = m.sample(["calm"], 200, SamplingConfig(), torch.Generator().manual_seed(0))
+    assert long.shape == (1, 4, 350) and torch.equal(long[:, :, :200], plain)
+
+
 def test_a_run_defaults_to_its_clip_length_and_cuts_captions(tiny_run):
     m = load_run(tiny_run, torch.device("cpu"))
     assert (m.trained_seconds, m.max_words) == (4.0, 3)
@@ -285,6 +306,7 @@ def test_a_run_conditions_the_lm_as_the_encode_text_stage_did(tiny_run, tmp_path
         (["--model", "{run}", "--continue", "{tmp}/missing.wav"], "no such file"),
         (["--model", "{run}", "--continue", "{tmp}/bad.wav"], "cannot read the audio to continue"),
         (["--model", "{run}", "--continue", "{tmp}/silent.wav"], "is unusable: silent"),
+        (["--model", "{run}", "--window", "2", "--extend-stride", "2"], "less than the window"),
     ],
 )
 def test_generate_errors_say_what_to_do(tiny_run, tmp_path, capsys, args, message):

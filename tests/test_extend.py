@@ -137,3 +137,20 @@ def test_kept_decoders_and_the_static_step_give_the_fresh_windows(static_step):
         fresh = generate_long(model, cond, mask, 27, GREEDY_CFG, w)
         assert torch.equal(kept, fresh)
     assert (pools.full.built, pools.last.built) == (1, 1)
+
+
+def test_the_generate_stage_takes_its_window_from_the_training_clips():
+    """``generate.seconds`` / ``window_s`` / ``extend_stride_s``: null keeps one plain window of
+    the test clips' length; 60 s from 5 s training clips slides a 5 s window by 3 s."""
+    from musicgen.pipeline.generation import clip_frames
+
+    params = {"seconds": None, "window_s": None, "extend_stride_s": None}
+    n_frames, windowing = clip_frames(params, 250, 50.0)
+    assert (n_frames, windowing) == (250, Windowing(250, 150))
+    assert len(plan(n_frames, windowing)) == 1
+    n_frames, windowing = clip_frames({**params, "seconds": 60.0}, 250, 50.0)
+    assert (n_frames, windowing) == (3000, Windowing(250, 150))
+    assert clip_frames({"seconds": 8, "window_s": 4, "extend_stride_s": 1}, 250, 50.0) == (
+        400,
+        Windowing(200, 50),
+    )
