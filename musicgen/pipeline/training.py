@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from musicgen import lora as L
 from musicgen.data.store import CodesAndText
 from musicgen.finetune import CodecSpec, InitCheckpoint
 from musicgen.io import atomic_path, content_hash
@@ -22,7 +23,7 @@ from musicgen.pipeline.common import read_metadata, read_split
 log = logging.getLogger(__name__)
 
 # train keys read here (not by the loop): where the weights start, and how the text is made
-STAGE_KEYS = {"init_from": None, "text_on_the_fly": False}
+STAGE_KEYS = {"init_from": None, "text_on_the_fly": False, "lora": None}
 RUN_KEYS = "run_keys.json"  # in the checkpoint dir: the parts of each recent run's resume key
 
 
@@ -59,10 +60,15 @@ def input_hashes(
 
 
 def resume_key(
-    lm_cfg: LMConfig, identity: dict, inputs: dict[str, str], init: InitCheckpoint | None
+    lm_cfg: LMConfig,
+    identity: dict,
+    inputs: dict[str, str],
+    init: InitCheckpoint | None,
+    lora: dict | None = None,
 ) -> tuple[str, dict[str, str]]:
     """The run's hash and its parts: the LM config, the training knobs that define the run
-    (``musicgen.train.run_identity``), the inputs' content hashes and the init checkpoint's.
+    (``musicgen.train.run_identity``), the inputs' content hashes, the init checkpoint's and the
+    LoRA settings (``musicgen.lora.LoraSettings.identity``; None: off).
 
     Returns:
         (run hash, {part: hash of the part}).
@@ -72,6 +78,7 @@ def resume_key(
         "train knobs": config_hash(identity),
         **inputs,
         "init_from checkpoint": init.digest if init is not None else "none",
+        "lora": config_hash(lora) if lora is not None else "none",
     }
     return config_hash(parts), parts
 
@@ -198,8 +205,9 @@ def train(
     ``train.init_from`` starts from a checkpoint (see :mod:`musicgen.finetune`), converted into
     ``ckpt_dir/init_from``. ``train.text_on_the_fly`` encodes word-dropped captions (``raw_dir``)
     with the text model (``text_model_dir``) in the loop, with ``text_params`` (the ``encode_text``
-    section: ``word_dropout``, ``max_words``, ``precision``). A checkpoint is resumed only when the
-    resume key (:func:`resume_key`) is the same.
+    section: ``word_dropout``, ``max_words``, ``precision``). ``train.lora`` trains peft adapters
+    on the frozen LM and writes the merged LM and the adapters (:mod:`musicgen.lora`). A checkpoint
+    is resumed only when the resume key (:func:`resume_key`) is the same.
     """
     from musicgen import finetune as F
     from musicgen import train as TR
@@ -226,10 +234,13 @@ def train(
         lm_cfg = lm_config(lm_params, train_data.text_dim, codec.codebook_size, n_codebooks)
     torch.manual_seed(cfg.seed)
     model = LM(lm_cfg) if init is None else F.load_init_lm(init, lm_cfg)  # mapped, not copied
+    lora = L.LoraSettings.from_params(knobs["lora"])
+    tuner = L.prepare(model, lora, init.source if init else None, cfg.sharding)  # None: no LoRA
+    adapted = {"lora_parameters": L.trainable_parameters(model)} if tuner is not None else {}
     if captions is not None:
         captions = {**captions, "captions": config_hash(train_data.words)}
     inputs = input_hashes(tokens_dir, text_dir, split_dir, captions)
-    run_hash, parts = resume_key(lm_cfg, TR.run_identity(cfg), inputs, init)
+    run_hash, parts = resume_key(lm_cfg, TR.run_identity(cfg), inputs, init, lora.identity())
     if TR.is_main_process():
         report_restart(ckpt_dir, run_hash, parts)
     started = time.perf_counter()
@@ -244,8 +255,10 @@ def train(
     if not TR.is_main_process():
         return  # under torchrun, rank 0 alone writes the outputs
     log.info("trained %d steps in %.1f s", cfg.steps, time.perf_counter() - started)
-    save_lm(out_dir, result["ema"], lm_cfg)
-    model.load_state_dict(result["ema"])
+    base = {"init_from": init.source, "digest": init.digest} if init else {"seed": cfg.seed}
+    weights = L.write_outputs(tuner, result["ema"], out_dir, base)  # LoRA: merged, + adapter/
+    save_lm(out_dir, weights, lm_cfg)
+    model.load_state_dict(weights)
     val_ce = TR.validation_ce(model, valid_data, cfg.eval_batch_size, TR.pick_device(cfg.device))
     entropy = TR.token_entropy(train_data.codes, lm_cfg.card)
     history = result["history"]
@@ -265,5 +278,6 @@ def train(
             * train_data.n_frames
             * lm_cfg.n_codebooks,
             "parameters": sum(p.numel() for p in model.parameters()),
+            **adapted,  # LoRA: the adapters' parameters, the only trained ones
         },
     )
