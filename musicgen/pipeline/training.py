@@ -19,6 +19,7 @@ from musicgen.io import atomic_path, content_hash
 from musicgen.lm import LM, LMConfig, save_lm
 from musicgen.params import config_hash, write_json
 from musicgen.pipeline.common import read_metadata, read_split
+from musicgen.sharding import with_weights
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def train(
     base = {"init_from": init.source, "digest": init.digest} if init else {"seed": cfg.seed}
     weights = L.write_outputs(tuner, result["ema"], out_dir, base)  # LoRA: merged, + adapter/
     save_lm(out_dir, weights, lm_cfg)
-    model.load_state_dict(weights)
+    model = with_weights(model, weights)  # fsdp: a whole LM, the trained one is sharded
     val_ce = TR.validation_ce(model, valid_data, cfg.eval_batch_size, TR.pick_device(cfg.device))
     entropy = TR.token_entropy(train_data.codes, lm_cfg.card)
     history = result["history"]
