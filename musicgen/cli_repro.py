@@ -86,14 +86,15 @@ def params_differ(run: Path, root: Path) -> list[str]:
         return []
     yaml = YAML(typ="safe")
     a, b = flatten(yaml.load(run / "params.yaml")), flatten(yaml.load(committed))
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return sorted(k.replace("/", ".") for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def table(rows: list[tuple[str, ...]]) -> str:
     """Left-aligned columns under :data:`COLUMNS`."""
     rows = [COLUMNS, *rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def check_repro_command(args: argparse.Namespace) -> None:
