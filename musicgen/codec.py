@@ -11,6 +11,14 @@ Two worlds share one loading path, ``EncodecModel.from_pretrained(name_or_dir)``
 A freshly built ``EncodecModel`` has all-zero codebooks, so every frame maps to token 0; the fit is
 what makes the tokens of the tiny codec meaningful. The encoder and decoder weights stay random.
 
+The offline default's codec (``codec.source: tiny``) is such a container with a
+:class:`musicgen.codec_synth.SpectralPart` attached (:func:`build_spectral_codec`,
+:func:`fit_spectral_codec`): a pitch-resolving band-spectrum analysis, fixed-point residual k-means
+codebooks (bit-identical on every CPU) and a fitted decoder with Griffin-Lim synthesis, so its tokens
+decode to music. :func:`encode`, :func:`decode`, :func:`save_codec` and :func:`load_codec` dispatch
+on it (the part is saved beside the container as ``spectral.json`` + ``spectral.safetensors``);
+every other codec (``facebook/encodec_32khz``, a MusicGen's) goes through HF's encoder and decoder.
+
 Shapes: audio is ``(B, S)`` float32 mono at the model's rate; codes are ``(B, K, T)`` int64 with
 ``T = ceil(S / hop)``; latents are ``(B, D, T)`` with ``D = config.codebook_dim``.
 """
@@ -31,6 +39,7 @@ from transformers.models.encodec.modeling_encodec import (
     EncodecResnetBlock,
 )
 
+from musicgen import codec_synth as S
 from musicgen.device import autocast
 
 # Rows of the (frames x codebook) distance matrix computed at once in k-means: 1024 x 2048 floats
@@ -329,10 +338,18 @@ def encode(
 
     Returns:
         ``(B, K, T)`` int64 codes on the CPU, with ``T = ceil(S / hop)``.
+
+    A codec with a :class:`~musicgen.codec_synth.SpectralPart` (the tiny one) analyses and quantises
+    in float64 DSP and fixed point on the CPU (``dtype`` and ``batch_size`` do not apply): its
+    codes are the same bytes on every CPU.
     """
     _check_supported(model)
     x = _as_audio(audio)
     bw = _bandwidth_for(model, n_codebooks)
+    part = spectral_part(model)
+    if part is not None:  # the tiny codec: fixed-point analysis and codes, on the CPU
+        books = fixed_codebooks(model, part)[:n_codebooks]
+        return S.quantise(S.analyse(part.config, x.numpy()), books)
     device = _device_of(model)
 
     def codes_of(batch: torch.Tensor) -> torch.Tensor:  # (b, 1, S) -> (K', b, T)
@@ -370,12 +387,19 @@ def decode(
 
     Returns:
         ``(B, T * hop)`` float32 audio on the CPU.
+
+    A codec with a :class:`~musicgen.codec_synth.SpectralPart` (the tiny one) sums the codewords
+    and synthesises with its fitted decoder and Griffin-Lim in float32 on the model's device
+    (``dtype`` does not apply).
     """
     _check_supported(model)
     codes = torch.as_tensor(codes).to(dtype=torch.int64)
     if codes.ndim != 3:
         raise ValueError(f"codes must be (batch, codebooks, frames), got {tuple(codes.shape)}")
     device = _device_of(model)
+    part = spectral_part(model)
+    if part is not None:
+        return _decode_spectral(model, part, codes, batch_size, device)
     out = []
     with torch.inference_mode(), autocast(device, dtype):
         for start in range(0, codes.shape[0], batch_size):
@@ -390,6 +414,8 @@ def decode(
 def save_codec(model: EncodecModel, out_dir: Path) -> None:
     """Saves the codec with ``save_pretrained`` (``config.json`` + ``model.safetensors``).
 
+    The tiny codec's spectral part goes beside them (``spectral.json`` + ``spectral.safetensors``).
+
     Args:
         model: the codec.
         out_dir: the directory (created if missing).
@@ -399,6 +425,9 @@ def save_codec(model: EncodecModel, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     if not (out_dir / "model.safetensors").is_file():
         raise RuntimeError(f"save_pretrained did not write {out_dir / 'model.safetensors'}")
+    part = spectral_part(model)
+    if part is not None:
+        part.save(out_dir)
 
 
 def load_codec(name_or_dir: str) -> EncodecModel:
@@ -413,7 +442,7 @@ def load_codec(name_or_dir: str) -> EncodecModel:
             or hub id (``facebook/musicgen-small``).
 
     Returns:
-        The model.
+        The model; a directory with ``spectral.json`` (the tiny codec) gets its spectral part.
 
     Raises:
         FileNotFoundError: if the directory or hub model cannot be found.
@@ -437,6 +466,10 @@ def load_codec(name_or_dir: str) -> EncodecModel:
             f"cannot load codec {name_or_dir!r}: not a local directory with config.json and not in "
             f"the Hugging Face cache (offline?). Original error: {err}"
         ) from err
+    if looks_local:
+        part = S.SpectralPart.load(path)
+        if part is not None:
+            attach_spectral_part(model, part)
     return model.eval()
 
 
@@ -666,4 +699,134 @@ def fit_codebooks(
                 for s in range(0, latents.shape[0], batch_size)
             ]
         )  # (N, K, T), as HF's encode at full bandwidth
+    return codebook_usage(codes.numpy(), size)
+
+
+_SPECTRAL_ATTR = "spectral_part"
+
+
+def spectral_part(model: EncodecModel) -> S.SpectralPart | None:
+    """The tiny codec's analysis/synthesis part, or None for any other codec."""
+    return getattr(model, _SPECTRAL_ATTR, None)
+
+
+def attach_spectral_part(model: EncodecModel, part: S.SpectralPart) -> EncodecModel:
+    """Makes ``model`` a tiny spectral codec: :func:`encode` / :func:`decode` use ``part``.
+
+    Raises:
+        ValueError: if the part's band count is not the container's latent width.
+    """
+    d = S.n_bands(part.config)
+    if model.config.codebook_dim != d or part.weights.shape[0] != d + 1:
+        raise ValueError(
+            f"the spectral part has {d} bands and {part.weights.shape[0]} decoder inputs; the codec "
+            f"has codebooks of width {model.config.codebook_dim}"
+        )
+    setattr(model, _SPECTRAL_ATTR, part)  # a plain attribute: not a parameter or buffer
+    return model
+
+
+def fixed_codebooks(model: EncodecModel, part: S.SpectralPart) -> list[torch.Tensor]:
+    """The codebooks of a spectral codec in grid units: ``(size, D)`` int64 per quantizer.
+
+    The quantizer's ``embed`` holds them in dB (integers / ``grid``, a power of 2: exact in float32).
+    """
+    grid = part.config.grid
+    return [
+        torch.round(layer.codebook.embed.detach().cpu().double() * grid).long()
+        for layer in model.quantizer.layers
+    ]
+
+
+def _decode_spectral(
+    model: EncodecModel,
+    part: S.SpectralPart,
+    codes: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """:func:`decode` for a spectral codec: codewords summed, then the fitted synthesis."""
+    books = fixed_codebooks(model, part)[: codes.shape[1]]
+    weights = part.weights.to(device)
+    out = [
+        S.synthesise(part.config, weights, S.dequantise(codes[s : s + batch_size], books)).cpu()
+        for s in range(0, codes.shape[0], batch_size)
+    ]
+    if not out:
+        return torch.zeros(0, codes.shape[2] * model.config.hop_length)
+    return torch.cat(out)
+
+
+def build_spectral_codec(cfg: TinyCodecConfig, spectral: S.SpectralCodecConfig) -> EncodecModel:
+    """The offline default's codec before its fit: a container whose latent width is the bands'.
+
+    Args:
+        cfg: the container's sizes (its ``hidden_size`` is replaced by the band count).
+        spectral: the analysis and synthesis.
+
+    Returns:
+        A :func:`build_tiny_codec` model with an unfitted spectral part (zero decoder weights, zero
+        codebooks): fit it with :func:`fit_spectral_codec`.
+    """
+    hop = int(np.prod(cfg.upsampling_ratios))
+    if (spectral.sample_rate, spectral.hop) != (cfg.sample_rate, hop):
+        raise ValueError(
+            f"spectral part at {spectral.sample_rate} Hz hop {spectral.hop}, container at "
+            f"{cfg.sample_rate} Hz hop {hop}"
+        )
+    d = S.n_bands(spectral)
+    model = build_tiny_codec(TinyCodecConfig(**{**cfg.__dict__, "hidden_size": d}))
+    weights = torch.zeros(d + 1, spectral.synth_n_fft // 2 + 1)
+    return attach_spectral_part(model, S.SpectralPart(spectral, weights))
+
+
+def fit_spectral_codec(
+    model: EncodecModel,
+    audio: np.ndarray,
+    n_iter: int = 10,
+    max_frames: int = 200_000,
+    seed: int = 0,
+    progress: bool = True,
+    codes_used: int | None = None,
+) -> dict:
+    """Fits a spectral codec's codebooks (fixed-point residual k-means) and decoder on ``audio``.
+
+    As :func:`fit_codebooks` (the same subsampling to ``max_frames``, initialisation, re-seeding and
+    ``codes_used``), on the integer features of :func:`musicgen.codec_synth.analyse`; then the
+    decoder is fitted on every clip's quantised features (:func:`musicgen.codec_synth.fit_decoder`).
+    The written codebooks and weights are the same bytes on every CPU.
+
+    Args:
+        model: a :func:`build_spectral_codec` model, modified in place.
+        audio: ``(N, S)`` float32 training audio at the model's rate.
+        n_iter: k-means iterations per codebook.
+        max_frames: cap on the frames of the k-means fit.
+        seed: seed of the subsampling and initialisation.
+        progress: print one line per k-means iteration to stderr.
+        codes_used: k of the k-means (default: the codebook size).
+
+    Returns:
+        :func:`codebook_usage` statistics of all frames of ``audio``.
+    """
+    part = spectral_part(model)
+    if part is None:
+        raise ValueError("not a spectral codec: build it with build_spectral_codec")
+    x = _as_audio(audio).numpy()
+    features = S.analyse(part.config, x)  # (N, T, D) int64
+    frames = torch.from_numpy(features.reshape(-1, features.shape[2]))
+    gen = torch.Generator().manual_seed(seed)
+    if frames.shape[0] > max_frames:
+        frames = frames[torch.randperm(frames.shape[0], generator=gen)[:max_frames].sort().values]
+    size = model.config.codebook_size
+    k = size if codes_used is None else codes_used
+    if not 1 <= k <= size:
+        raise ValueError(f"codes_used must be in 1..{size}, got {codes_used}")
+    books = S.fit_codebooks_fixed(frames, len(model.quantizer.layers), k, n_iter, gen, progress)
+    padded = [book[torch.arange(size) % k] for book in books]  # entries k.. repeat 0..k-1
+    codes = S.quantise(features, padded)  # (N, K, T): ties go to the first entry
+    for i, layer in enumerate(model.quantizer.layers):
+        counts = torch.bincount(codes[:, i].reshape(-1), minlength=size)
+        _set_codebook(layer.codebook, padded[i].float() / part.config.grid, counts)
+    quantised = S.dequantise(codes, padded).numpy()
+    part.weights = torch.from_numpy(S.fit_decoder(part.config, x, quantised))
     return codebook_usage(codes.numpy(), size)

@@ -1,4 +1,4 @@
-"""Stage tokenize: EnCodec codes (N, K, T) int16 of every clip in a split, and code usage."""
+"""Stage tokenize: EnCodec codes (N, K, T) int16 of every clip, code usage, the round trip."""
 
 import argparse
 from pathlib import Path
@@ -15,6 +15,7 @@ def main() -> None:
     ap.add_argument("--split", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--codec-metrics", type=Path, default=None, help="the codec's round trip")
     args = ap.parse_args()
     params = load_params(args.params)
     codes.tokenize(
@@ -26,6 +27,7 @@ def main() -> None:
         args.split,
         args.out,
         args.metrics,
+        codec_metrics_path=args.codec_metrics,
     )
 
 

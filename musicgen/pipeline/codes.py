@@ -44,20 +44,23 @@ def codec_model(
 ) -> None:
     """The codec stage: a codec in ``out_dir`` (``save_pretrained`` format).
 
-    ``codec.source: tiny`` builds a small random EnCodec and fits its codebooks by residual k-means
-    on (at most ``codec.fit.max_frames`` frames of) the training audio; anything else is a hub id
+    ``codec.source: tiny`` builds the offline spectral codec (:mod:`musicgen.codec_synth`) and fits
+    its codebooks (fixed-point residual k-means) and decoder on (at most ``codec.fit.max_frames``
+    frames of) the training audio; anything else is a hub id
     or a directory, loaded and saved as it is, without reading any audio: an EnCodec
     (``facebook/encodec_32khz``) or a MusicGen (``facebook/musicgen-small``), whose own EnCodec is
     taken (:func:`musicgen.codec.load_codec`). Code usage is measured by tokenize, which encodes
     every clip anyway.
     """
     from musicgen import codec as C
+    from musicgen import codec_synth as S
 
     if params["source"] == "tiny":
         cfg = C.TinyCodecConfig(
-            sample_rate=sample_rate, n_codebooks=params["n_codebooks"], **params["tiny"]
+            sample_rate=sample_rate, n_codebooks=params["n_codebooks"], seed=params["tiny"]["seed"]
         )
-        model = C.build_tiny_codec(cfg)
+        spectral = S.SpectralCodecConfig(sample_rate=sample_rate, **params["tiny"])
+        model = C.build_spectral_codec(cfg, spectral)
         fit = params["fit"]
         ids = read_split(split_dir, "train")
         if not ids:
@@ -65,14 +68,13 @@ def codec_model(
         clip = load_clips(audio_dir, ids[:1], sample_rate)  # (1, S): every clip has S samples
         frames = C.n_frames(clip.shape[1], model.config.hop_length)
         ids = fit_clips(ids, frames, fit["max_frames"], fit["seed"])
-        C.fit_codebooks(
+        C.fit_spectral_codec(
             model,
             load_clips(audio_dir, ids, sample_rate),
             n_iter=fit["n_iter"],
             max_frames=fit["max_frames"],
             seed=fit["seed"],
             codes_used=fit["codes_used"],
-            batch_size=fit["batch_size"],
             progress=progress,
         )
     else:
@@ -95,8 +97,14 @@ def tokenize(
     out_dir: Path,
     metrics_path: Path,
     progress: bool = True,
+    codec_metrics_path: Path | None = None,
 ) -> None:
     """The tokenize stage: codes (N, K, T) int16 of every clip in a split, and their usage.
+
+    With ``codec_metrics_path``, the codec's round trip (:func:`codec_round_trip`) of the first
+    ``tokenize.roundtrip_clips`` test clips is written there. It is measured here, not in
+    codec_model, because the codes of the held-out clips are made here anyway, and because
+    codec_model reads no audio for a hub codec.
 
     The codec runs on ``tokenize.device`` in ``tokenize.precision`` (``auto``: fp32 on every device,
     :func:`musicgen.device.encoding_dtype`),
@@ -125,3 +133,51 @@ def tokenize(
         metrics_path,
         {"clips": n_train, **C.codebook_usage(codes[:n_train], model.config.codebook_size)},
     )
+    if codec_metrics_path is not None:
+        test = read_split(split_dir, "test")[: params["roundtrip_clips"]]
+        rows = [ids.index(i) for i in test]
+        scores = codec_round_trip(
+            model, audio_dir, test, codes[rows], sample_rate, bs, dtype, progress
+        )
+        write_json(codec_metrics_path, scores)
+
+
+def codec_round_trip(
+    model,
+    audio_dir: Path,
+    ids: list[str],
+    codes: np.ndarray,
+    sample_rate: int,
+    batch_size: int,
+    dtype=None,
+    progress: bool = True,
+) -> dict:
+    """How much of the music survives encode -> decode, on held-out clips.
+
+    Args:
+        model: the codec.
+        audio_dir: the clips' directory.
+        ids: the clips (the test split's, never the codec's training clips).
+        codes: ``(len(ids), K, T)`` their codes.
+        sample_rate: the audio rate.
+        batch_size: clips per decoder call.
+        dtype: the decoder's autocast dtype (None: float32).
+        progress: show a progress bar.
+
+    Returns:
+        ``clips`` and the means over clips of
+        :func:`musicgen.metrics.music_features.clip_scores` (``logmel_db``, ``chroma_similarity``,
+        ``onset_correlation``, ``tempo_match``) of the decoded audio against the originals.
+    """
+    from tqdm import tqdm
+
+    from musicgen import codec as C
+    from musicgen.metrics.music_features import clip_scores
+
+    scores: dict[str, list[float]] = {}
+    for i in tqdm(range(0, len(ids), batch_size), desc="round trip", disable=not progress):
+        reference = load_clips(audio_dir, ids[i : i + batch_size], sample_rate)
+        decoded = C.decode(model, codes[i : i + batch_size], batch_size=batch_size, dtype=dtype)
+        for key, values in clip_scores(reference, decoded.numpy(), sample_rate).items():
+            scores.setdefault(key, []).extend(values.tolist())
+    return {"clips": len(ids), **{k: float(np.mean(v)) for k, v in scores.items()}}
