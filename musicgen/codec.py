@@ -765,8 +765,9 @@ def build_spectral_codec(cfg: TinyCodecConfig, spectral: S.SpectralCodecConfig) 
         spectral: the analysis and synthesis.
 
     Returns:
-        A :func:`build_tiny_codec` model with an unfitted spectral part (zero decoder weights, zero
-        codebooks): fit it with :func:`fit_spectral_codec`.
+        A :func:`build_tiny_codec` model, its own encoder and decoder zeroed (unused), with an
+        unfitted spectral part (zero decoder weights, zero codebooks): fit it with
+        :func:`fit_spectral_codec`.
     """
     hop = int(np.prod(cfg.upsampling_ratios))
     if (spectral.sample_rate, spectral.hop) != (cfg.sample_rate, hop):
@@ -776,8 +777,24 @@ def build_spectral_codec(cfg: TinyCodecConfig, spectral: S.SpectralCodecConfig) 
         )
     d = S.n_bands(spectral)
     model = build_tiny_codec(TinyCodecConfig(**{**cfg.__dict__, "hidden_size": d}))
+    _zero_encoder_and_decoder(model)
     weights = torch.zeros(d + 1, spectral.synth_n_fft // 2 + 1)
     return attach_spectral_part(model, S.SpectralPart(spectral, weights))
+
+
+def _zero_encoder_and_decoder(model: EncodecModel) -> None:
+    """Zeroes the container's own encoder and decoder, which the spectral part replaces.
+
+    Their random init is not the same bytes on every CPU (weight norms and normal samples take
+    ISA-dependent kernels); zeros are. A weight-normed conv gets ``g = 0``, ``v = 1`` (no NaN).
+    """
+    with torch.no_grad():
+        for module in (model.encoder, model.decoder):
+            for name, param in module.named_parameters():
+                if name.endswith("parametrizations.weight.original1"):
+                    param.fill_(1.0)
+                else:
+                    param.zero_()
 
 
 def fit_spectral_codec(
