@@ -30,24 +30,42 @@ Training precision (:func:`autocast_dtype`), ``auto``: fp16 autocast on CUDA, fp
 A stage that runs on ``cuda:<n>`` makes that GPU the current device for its work
 (:func:`device_scope`): streams, CUDA graphs and generators that are created without a device
 argument live on the current device.
+
+``auto`` with several visible GPUs (:func:`claim_gpu`): each process takes the first GPU that no
+other process holds, by an exclusive ``flock`` on a file named by the GPU's UUID (held until the
+process exits), so the workers of ``dvc queue start -j N`` run on N GPUs, not all on GPU 0; when
+every GPU is held, the one with the most free memory. One visible GPU (e.g. through
+``CUDA_VISIBLE_DEVICES``) and processes under ``torchrun`` (which take their local rank's GPU)
+get plain ``cuda``, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+GPU_LOCKS_ENV = (
+    "MUSICGEN_GPU_LOCKS"  # the folder of the GPU lock files (default: under the tmp dir)
+)
+_claim: dict = {}  # this process's GPU: "device" and the open lock file that holds it
 
 
 def pick_device(name: str) -> torch.device:
     """The device named by a ``device`` param.
 
     Args:
-        name: ``auto`` (CUDA when ``torch.cuda.is_available()``, else CPU) or a ``torch.device``
-            string (``cpu``, ``cuda``, ``cuda:1``, ...).
+        name: ``auto`` (CUDA when ``torch.cuda.is_available()``, else CPU; with several GPUs one
+            that no other process holds, :func:`claim_gpu`) or a ``torch.device`` string
+            (``cpu``, ``cuda``, ``cuda:1``, ...).
 
     Returns:
         The device.
@@ -56,7 +74,12 @@ def pick_device(name: str) -> torch.device:
         ValueError: if ``name`` is not a device, or names CUDA on a machine without it.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        under_torchrun = "LOCAL_RANK" in os.environ  # each rank takes its local rank's GPU
+        if torch.cuda.device_count() > 1 and not under_torchrun:
+            return claim_gpu()
+        return torch.device("cuda")
     try:
         device = torch.device(name)
     except RuntimeError as err:
@@ -64,6 +87,62 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use auto)")
     return device
+
+
+def gpu_lock_dir() -> Path:
+    """The folder of the GPU lock files: ``$MUSICGEN_GPU_LOCKS``, else ``<tmp>/musicgen-gpus``
+    (made writable for every user, as the GPUs are shared)."""
+    folder = Path(os.environ.get(GPU_LOCKS_ENV) or Path(tempfile.gettempdir()) / "musicgen-gpus")
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            folder.chmod(0o1777)
+    return folder
+
+
+def _hold(path: Path):
+    """The open file ``path`` with an exclusive lock on it, or None if another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_gpu() -> torch.device:
+    """This process's GPU among several: the first one no other process holds, kept until exit.
+
+    Each GPU has a lock file named by its UUID in :func:`gpu_lock_dir` (the same GPU under other
+    ``CUDA_VISIBLE_DEVICES`` numbers is the same file); this process takes the first it can lock
+    exclusively and holds it until it exits (the system then releases it, also after a crash).
+    Later calls in the process return the same GPU. When every GPU is held, the one with the
+    most free memory, with a warning.
+
+    Returns:
+        ``cuda:<n>``.
+    """
+    if "device" in _claim:
+        return _claim["device"]
+    count, folder = torch.cuda.device_count(), gpu_lock_dir()
+    for index in range(count):
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None) or f"index-{index}"
+        fd = _hold(folder / f"{uuid}.lock")
+        if fd is not None:
+            _claim.update(device=torch.device("cuda", index), lock=fd)
+            return _claim["device"]
+    index = max(range(count), key=lambda i: torch.cuda.mem_get_info(i)[0])
+    log.warning(
+        "every one of the %d GPUs is held by another process (%s); cuda:%d has the most free memory",
+        count,
+        folder,
+        index,
+    )
+    _claim["device"] = torch.device("cuda", index)
+    return _claim["device"]
 
 
 def device_scope(device: torch.device) -> contextlib.AbstractContextManager:

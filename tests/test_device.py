@@ -1,6 +1,7 @@
 """Device and precision params: the helpers every compute stage uses."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,6 +14,57 @@ def test_auto_is_cuda_when_present_else_cpu():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
     assert pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.fixture
+def gpus(monkeypatch, tmp_path):
+    """Three visible GPUs as torch reports them (CUDA needs no GPU here), free memory 1, 3, 2 GB;
+    their lock files in ``tmp_path``. ``worker()`` starts another process's claim."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    props = [type("P", (), {"uuid": f"GPU-{i}"})() for i in range(3)]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ([1, 3, 2][i] << 30, 8 << 30))
+    monkeypatch.setenv(D.GPU_LOCKS_ENV, str(tmp_path))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    claims = []
+
+    def worker() -> dict:  # a new process: its own claim; the earlier ones keep their locks
+        claims.append(D._claim)
+        monkeypatch.setattr(D, "_claim", {})
+        return claims[-1]
+
+    monkeypatch.setattr(D, "_claim", {})
+    yield worker
+    for claim in claims + [D._claim]:
+        if "lock" in claim:
+            os.close(claim["lock"])
+
+
+def test_auto_gives_each_process_its_own_gpu(gpus, monkeypatch, tmp_path):
+    """The workers of ``dvc queue start -j 3`` on three GPUs: one GPU each, not all on GPU 0; a
+    process keeps its GPU; a fourth worker takes the GPU with the most free memory; a GPU is free
+    again once its process has exited (its lock file closed)."""
+    got, held = [], []
+    for _ in range(3):
+        held.append(gpus())
+        got.append(pick_device("auto"))
+        assert pick_device("auto") == got[-1]  # the stage's later calls
+    assert got == [torch.device("cuda", i) for i in range(3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"GPU-{i}.lock" for i in range(3)]
+    gpus()
+    assert pick_device("auto") == torch.device("cuda", 1)  # all held: the most free memory
+    held.append(gpus())
+    os.close(held[1].pop("lock"))  # the first worker exits: the system releases its lock
+    assert pick_device("auto") == torch.device("cuda", 0)
+
+
+def test_auto_is_plain_cuda_for_one_gpu_and_under_torchrun(gpus, monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun: each rank takes its local rank's GPU
+    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # e.g. CUDA_VISIBLE_DEVICES=2
+    assert pick_device("auto") == torch.device("cuda") and not list(tmp_path.iterdir())
 
 
 def test_bad_device_names_are_refused_clearly():
