@@ -148,7 +148,11 @@ def _lm_text(lm_dir: Path) -> str | None:
         f"{' ' + str(g('delays')) if pattern == 'delay' else ''}, text_dim {g('text_dim')}"
     )
     n = _lm_parameters(lm_dir)
-    return text if n is None else f"{text}, {n:,} parameters"
+    text = text if n is None else f"{text}, {n:,} parameters"
+    from musicgen.lora import ADAPTER, adapter_summary
+
+    adapter = adapter_summary(lm_dir / ADAPTER, n)  # a LoRA run's (train.lora)
+    return text if adapter is None else f"{text}; {adapter}"
 
 
 def _training_text(train: dict | None) -> str | None:
