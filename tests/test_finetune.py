@@ -312,10 +312,14 @@ def test_same_inputs_resume_and_the_key_ignores_cadence(inputs, monkeypatch, cap
     assert "starts over" not in caplog.text
 
 
-@pytest.mark.slow
-def test_finetune_and_text_on_the_fly_through_dvc_exp_run(tmp_path):
-    from pipeline_repo import SMALL, copy_project, ran_stages, run
+@pytest.fixture(scope="module")
+def finetune_repo(tmp_path_factory) -> tuple[Path, Path]:
+    """A git + DVC copy of the project with the small params (4 steps) after ``dvc repro train``,
+    committed, and a random Hugging Face MusicGen that fits its codec, tokens and text states:
+    (repo, the MusicGen's directory). Shared by the ``dvc exp run`` fine-tuning tests."""
+    from pipeline_repo import SMALL, copy_project, run
 
+    tmp_path = tmp_path_factory.mktemp("finetune")
     small = {**SMALL, ("train", "steps"): 4, ("train", "eval_every"): 2}
     repo = copy_project(tmp_path / "repo", small | {("train", "checkpoint_every"): 2})
     run(["dvc", "repro", "train"], repo)
@@ -332,7 +336,15 @@ def test_finetune_and_text_on_the_fly_through_dvc_exp_run(tmp_path):
         sampling_rate=codec["sampling_rate"],
         upsampling_ratios=codec["upsampling_ratios"],
     )
+    return repo, hf
 
+
+@pytest.mark.slow
+def test_finetune_and_text_on_the_fly_through_dvc_exp_run(finetune_repo, tmp_path):
+    from pipeline_repo import ran_stages, run
+
+    repo, hf = finetune_repo
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)  # the baseline's params
     out = run(["dvc", "exp", "run", "train", "-S", f"train.init_from={hf}"], repo)
     assert ran_stages(out) == {"train"}
     convert_hf(str(hf), tmp_path / "converted")
@@ -348,6 +360,33 @@ def test_finetune_and_text_on_the_fly_through_dvc_exp_run(tmp_path):
     assert "text_on_the_fly" in out  # named among the changed parts of the resume key
     on_the_fly = json.loads((repo / "metrics/train.json").read_text())
     assert on_the_fly["steps"] == 4 and on_the_fly["val_ce_raw"] < on_the_fly["val_ce_init"]
+
+
+@pytest.mark.slow
+def test_lora_finetune_through_dvc_exp_run_and_musicgen_generate(finetune_repo, tmp_path):
+    """``train.lora.r=8`` on the random MusicGen: the adapters lower the validation CE, are < 5 %
+    of the LM, and ``musicgen generate --model`` plays the run (its merged LM)."""
+    import soundfile as sf
+    from pipeline_repo import ran_stages, run
+
+    from musicgen.cli import main as musicgen
+    from musicgen.info import info_lines
+
+    repo, hf = finetune_repo
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo)  # the baseline's params
+    keys = [f"train.init_from={hf}", "train.lora.r=8", "train.lr=1.0e-2"]
+    out = run(["dvc", "exp", "run", "train", *[a for k in keys for a in ("-S", k)]], repo)
+    assert ran_stages(out) == {"train"}
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["val_ce_raw"] < metrics["val_ce_init"] - 0.01
+    adapter = repo / "data/lm/adapter/adapter_model.safetensors"
+    assert adapter.stat().st_size < 0.05 * (repo / "data/lm/model.safetensors").stat().st_size
+    assert 0 < metrics["lora_parameters"] < 0.05 * metrics["parameters"]
+    wav = tmp_path / "lora.wav"
+    musicgen(["generate", "calm piano", "--model", str(repo), "--seconds", "1", "--out", str(wav)])
+    audio, rate = sf.read(wav)
+    assert rate == 32000 and len(audio) == rate and np.abs(audio).max() > 0
+    assert any("LoRA r 8" in line for line in info_lines(repo))  # musicgen info
 
 
 def test_zero_steps_writes_the_converted_checkpoint_as_it_is(inputs):
