@@ -188,8 +188,8 @@ def count(
 
 
 def peak_rss() -> int:
-    """This process's peak resident memory (bytes): Linux's VmHWM, which starts over at exec
-    (``ru_maxrss`` does not: a child started by a large parent reads the parent's peak)."""
+    """This process's peak resident memory (bytes): Linux's VmHWM, which starts over when a
+    process execs a program (``ru_maxrss`` does not: a child started by a large parent reads the parent's peak)."""
     status = Path("/proc/self/status").read_text()
     return (
         int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))

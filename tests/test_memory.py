@@ -137,10 +137,11 @@ PER_SCALE = (
 )
 # Allowed growth of a stage's peak RSS from 1x to 10x. What grows legitimately is a few MB (codes
 # 477 x 4 x 50 int16, 1 or 2 embeddings of 128 float64 per clip, ids, tables); the rest is the
-# allocator's noise between two runs (measured: -38 to +16 MB in two runs). Holding the test
-# split's audio and VGGish's float64 front end at once, as reference_stats and evaluate did, adds
-# ~500 MB here.
-BOUND_MB = 60
+# allocator's noise between two runs (measured: -38 to +16 MB in two runs on one machine; generate
+# +39 MB in another, and a CI machine went past 60). Holding the test split's audio and VGGish's
+# float64 front end at once, as reference_stats and evaluate did, adds ~500 MB here: the bound
+# sits well between the two.
+BOUND_MB = 150
 
 
 def one_x(args: list[str]) -> list[str]:

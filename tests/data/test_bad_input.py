@@ -240,9 +240,12 @@ def tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def declared_outputs(repo: Path) -> tuple[str, ...]:
-    """Every stage's outs, metrics and plots, plus what DVC and git keep for themselves."""
+    """Every stage's outs, metrics and plots, train's resume folder (its ``--checkpoint``, kept
+    out of the outs on purpose), plus what DVC and git keep for themselves."""
     stages = YAML(typ="safe").load(repo / "dvc.yaml")["stages"]
     paths = [".git/", ".dvc/", "dvc.lock"]
+    train_cmd = stages["train"]["cmd"].split()
+    paths.append(train_cmd[train_cmd.index("--checkpoint") + 1] + "/")
     for stage in stages.values():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
