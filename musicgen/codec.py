@@ -529,6 +529,31 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, to
     return idx, dist
 
 
+def _reseed_empty(
+    new: torch.Tensor,
+    filled: torch.Tensor,
+    x: torch.Tensor,
+    dist: torch.Tensor,
+    log_prefix: str | None,
+    iteration: str,
+) -> torch.Tensor:
+    """One k-means iteration's end: each empty cluster of ``new`` (``(k, D)``, ``filled`` False)
+    takes one of the points farthest from their centroid (``dist``, largest first, ties by index);
+    with ``log_prefix``, a progress line to stderr. Returns ``new``."""
+    empty = torch.nonzero(~filled).flatten()
+    if empty.numel():
+        far = torch.sort(dist, descending=True, stable=True).indices[: empty.numel()]
+        new[empty[: far.numel()]] = x[far]
+    if log_prefix is not None:
+        print(
+            f"{log_prefix} iter {iteration}: mse {dist.double().mean().item():.4g}, "
+            f"used {int(filled.sum())}/{len(new)}, re-seeded {empty.numel()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return new
+
+
 def _init_centroids(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """Picks k distinct random rows of ``x`` (repeats only if there are fewer than k distinct rows).
 
@@ -582,18 +607,7 @@ def _kmeans(
         filled = counts > 0
         new = centroids.clone()
         new[filled] = (sums[filled] / counts[filled, None]).float()
-        empty = torch.nonzero(~filled).flatten()
-        if empty.numel():
-            far = torch.sort(dist, descending=True, stable=True).indices[: empty.numel()]
-            new[empty[: far.numel()]] = x[far]
-        centroids = new
-        if log_prefix is not None:
-            print(
-                f"{log_prefix} iter {it + 1}/{n_iter}: mse {dist.mean().item():.4g}, "
-                f"used {int(filled.sum())}/{k}, re-seeded {empty.numel()}",
-                file=sys.stderr,
-                flush=True,
-            )
+        centroids = _reseed_empty(new, filled, x, dist, log_prefix, f"{it + 1}/{n_iter}")
     return centroids
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,7 +196,7 @@ def _kmeans_fixed(
     Returns:
         ``(k, D)`` int64 centroids.
     """
-    from musicgen.codec import _init_centroids
+    from musicgen.codec import _init_centroids, _reseed_empty
 
     centroids = _init_centroids(x, k, gen)
     for it in range(n_iter):
@@ -208,18 +207,7 @@ def _kmeans_fixed(
         new = centroids.clone()
         n = counts[filled, None]
         new[filled] = torch.div(2 * sums[filled] + n, 2 * n, rounding_mode="floor")  # round(s/n)
-        empty = torch.nonzero(~filled).flatten()
-        if empty.numel():
-            far = torch.sort(dist, descending=True, stable=True).indices[: empty.numel()]
-            new[empty[: far.numel()]] = x[far]
-        centroids = new
-        if log_prefix is not None:
-            print(
-                f"{log_prefix} iter {it + 1}/{n_iter}: mse {dist.double().mean().item():.4g}, "
-                f"used {int(filled.sum())}/{k}, re-seeded {empty.numel()}",
-                file=sys.stderr,
-                flush=True,
-            )
+        centroids = _reseed_empty(new, filled, x, dist, log_prefix, f"{it + 1}/{n_iter}")
     return centroids
 
 

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
-from test_train import config, finish, lm, make, weights_equal
+from safetensors.torch import load_file
+from test_train import config, finish, lm, make, save_rank_result, weights_equal
 from torch.distributed.tensor import DTensor
 
 from musicgen import sharding as SH
 from musicgen.data.store import load_tokens, save_text, save_tokens
 from musicgen.params import config_hash
-from musicgen.train import TrainConfig, is_main_process, run_identity, train
+from musicgen.train import TrainConfig, run_identity, train
 
 CFG = {"steps": 12, "checkpoint_every": 4, "eval_every": 6, "grad_accum": 2}
 CFG |= {"cfg_dropout_per_sample": True, "sharding": "fsdp"}
@@ -162,13 +162,10 @@ def main(root: Path, ckpt: Path, out: Path, overrides: dict) -> None:
     result = train(
         model, make(root, ids), make(root, ids), cfg, ckpt, config_hash(asdict(cfg)), False
     )
-    tensors = {f"model.{k}": v for k, v in SH.gathered(model.state_dict()).items()}
+    weights = SH.gathered(model.state_dict())
     if dist.is_initialized():
         dist.destroy_process_group()
-    tensors |= {f"ema.{k}": v for k, v in result["ema"].items()}
-    if not is_main_process():  # to check that every rank gathers the same weights and EMA
-        out = out.with_suffix(f".rank{os.environ['RANK']}.safetensors")
-    save_file(tensors, str(out))
+    save_rank_result(out, weights, result["ema"])  # every rank gathers the same weights and EMA
 
 
 if __name__ == "__main__":

@@ -494,9 +494,16 @@ def main(root: Path, ckpt: Path, out: Path, overrides: dict) -> None:
     model = lm(32)
     cfg = config(**overrides)
     result = train(model, data, data, cfg, ckpt, config_hash(run_identity(cfg)), progress=False)
-    tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}
-    tensors |= {f"ema.{k}": v for k, v in result["ema"].items()}
-    if not is_main_process():  # to check that every rank holds the same weights and EMA
+    save_rank_result(out, {k: v.cpu() for k, v in model.state_dict().items()}, result["ema"])
+
+
+def save_rank_result(out: Path, weights: dict, ema: dict) -> None:
+    """A worker's weights and EMA in ``out`` (rank 0) or ``out``'s ``.rankN`` sibling, so that a
+    test can check that every rank holds the same."""
+    tensors = {f"model.{k}": v for k, v in weights.items()} | {
+        f"ema.{k}": v for k, v in ema.items()
+    }
+    if not is_main_process():
         out = out.with_suffix(f".rank{os.environ['RANK']}.safetensors")
     save_file(tensors, str(out))
 
