@@ -1,8 +1,8 @@
-"""FAD and KAD of the embedded default after 0, 300 (the default) and more training steps.
+"""FAD and KAD of the embedded default after 0, its own (params.yaml: 600) and more training steps.
 
 In a temporary git + DVC copy of this project with the full default params
 (:func:`musicgen.reproducibility.copy_project`, nothing changed), ``dvc repro`` runs the embedded
-default (train.steps as params.yaml has it, 300), then ``dvc exp run -S train.steps=N`` for each
+default (train.steps as params.yaml has it, 600), then ``dvc exp run -S train.steps=N`` for each
 other N (``--steps``): the same data, codec and text states, only train, generate and evaluate
 rerun. Per run: the LM's validation CE, and per embedder in ``evaluate.embedders`` that the table
 shows (``--embedders``, default ``mel vggish``) FAD, FAD∞ and KAD from ``metrics/eval.json``, and
@@ -15,8 +15,8 @@ half against their second half (near: what sampling alone gives; the halves hold
 so it overstates the distance of a full set).
 
 Usage:
-    python3 benchmarks/bench_default_training.py                       # steps 0 300 1500
-    python3 benchmarks/bench_default_training.py --steps 0 300 --work /tmp/bench --json out.json
+    python3 benchmarks/bench_default_training.py                       # steps 0 600 1500
+    python3 benchmarks/bench_default_training.py --steps 0 600 --work /tmp/bench --json out.json
 
 Prints a Markdown table (the README's) and, with ``--json``, writes every number.
 """
@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgen.params import load_params
 from musicgen.reproducibility import copy_project, cpu_model
 
-DEFAULT_STEPS = 300  # params.yaml's train.steps
+# params.yaml's train.steps: the run that dvc repro makes
+DEFAULT_STEPS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["train"]["steps"]
 ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
