@@ -2,6 +2,7 @@
 on fabricated metric folders."""
 
 import json
+import re
 
 import pytest
 
@@ -111,7 +112,15 @@ def test_the_default_reference_is_the_committed_default(tmp_path, capsys, monkey
     status, out = check(capsys, run)
     assert status == 0 and "committed at" in out and "identical" in out
     assert "params.yaml differs" not in out
-    (tmp_path / "params.yaml").write_text(committed_params.replace("steps: 300", "steps: 301", 1))
+    more_steps = re.sub(  # train.steps, the first `steps:` key of the file, one more
+        r"^(\s+steps: )(\d+)",
+        lambda m: f"{m[1]}{int(m[2]) + 1}",
+        committed_params,
+        count=1,
+        flags=re.M,
+    )
+    assert more_steps != committed_params
+    (tmp_path / "params.yaml").write_text(more_steps)
     assert "params.yaml differs from the committed one (train.steps)" in check(capsys, run)[1]
 
 
