@@ -20,6 +20,12 @@ GEMM rate at each case's row count (the fastest of BLAS and our kernel on (rows 
 plus the KV cache it reads, on average over the run) over the bandwidth and its FLOPs over that
 rate. Each case prints the floor and our and Hugging Face's distance to it (time / floor).
 
+The per-step peer. On the CPU each case also times our own model with the numba step off
+(``generate(fast_kernel=False)``: the same layers in torch, every linear layer on torch's BLAS),
+printed as "torch+BLAS" with its time over ours, and then how each weight shape was multiplied at
+the case's rows (:mod:`musicgen.kernel_plans`: block sizes, one thread, or BLAS, measured on this
+machine and kept per CPU). The first line names the CPU, its ISA flags, numba's target and layout.
+
 Quality of fewer bytes: for each ``--weights`` other than fp32, the greedy tokens (batch 1) are
 compared with fp32's over the whole run. Held-out cross-entropy of a trained model with each type:
 ``benchmarks/weights_quality.py`` (a run of the pipeline) and
@@ -60,7 +66,18 @@ from transformers.generation import CompileConfig
 
 from musicgen.convert import convert_hf
 from musicgen.generate import DecoderPool, SamplingConfig, generate
-from musicgen.kernels import WEIGHT_TYPES, kernel_weight, matmul, quantize
+from musicgen.kernel_plans import cache_path, cpu_key
+from musicgen.kernels import (
+    BLAS,
+    ONE_THREAD,
+    OURS,
+    PANEL,
+    PLAN_ROWS,
+    WEIGHT_TYPES,
+    kernel_weight,
+    matmul,
+    quantize,
+)
 from musicgen.lm import LM, PRESETS, load_lm
 
 K, CARD, TEXT_LEN = 4, 2048, 24
@@ -117,7 +134,11 @@ def machine(device: torch.device, threads: int) -> str:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "asimd", "sve")
     isa = " ".join(f for f in wanted if f in flags) or "?"
-    return f"CPU {model} ({platform.machine()}; {isa}), {threads} thread(s), {os.cpu_count()} cores"
+    return (
+        f"CPU {model} ({platform.machine()}; {isa}), {threads} thread(s), {os.cpu_count()} cores\n"
+        f"kernels: {cpu_key()} (numba's target; panels of {PANEL} outputs), plans measured per "
+        f"shape and rows in {cache_path()}"
+    )
 
 
 def fastest(fn, repeats: int) -> float:
@@ -356,6 +377,12 @@ def time_batch(
         return run
 
     runs = {w: synchronized(ours_run(w), device) for w in weights}
+    if not on_gpu:  # the same step in torch, its linear layers on BLAS (the peer per step)
+
+        def blas_run():
+            generate(ours, states, mask.bool(), args.frames, sampling, gen, fast_kernel=False)
+
+        runs["BLAS"] = blas_run
     hf_run = HFGenerate(hf, states, mask, n_steps, sampling, hf_settings(device))
     runs["HF"] = synchronized(hf_run, device)
     best = dict.fromkeys(runs, float("inf"))
@@ -391,9 +418,26 @@ def bench_generation(
                 line += f" | floor {floor:6.1f} ms: ours {ms / floor:4.2f}x"
                 if w == "fp32":
                     line += f", HF {hf_ms / floor:4.2f}x"
+            if "BLAS" in best:
+                blas_ms = 1000 * best["BLAS"] / n_steps
+                line += f" | torch+BLAS {blas_ms:6.1f} ms: {blas_ms / ms:4.2f}x ours"
             print(line, flush=True)
+        if device.type == "cpu":
+            print(f"  plans at {2 * batch} rows: {plan_summary(ours, weights, 2 * batch)}")
     if device.type == "cpu":
         greedy_agreement(ours, weights, args.frames)
+
+
+def plan_summary(model: LM, weights: list[str], rows: int) -> str:
+    """How each weight shape and type was multiplied at ``rows`` rows (kernel_plans' choices)."""
+    names = {OURS: "kernel", ONE_THREAD: "kernel 1 thread", BLAS: "BLAS"}
+    seen = {}
+    for w in weights:
+        for array in model.decoding_kernel(w, True).arrays():
+            method, k_block, row_block = (int(v) for v in array.plan[min(rows, PLAN_ROWS)])
+            how = names[method] + ("" if method == BLAS else f" (pass {k_block}, {row_block} rows)")
+            seen[f"{w} {len(array.scale)}x{array.data.shape[1]}"] = how
+    return "; ".join(f"{case} {how}" for case, how in seen.items())
 
 
 @torch.no_grad()

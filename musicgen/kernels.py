@@ -51,10 +51,14 @@ WEIGHT_TYPES = ("fp32", "bf16", "int8")  # how linear weights are stored for dec
 
 
 class Weight(NamedTuple):
-    """A linear weight as the kernels read it: stored values and a scale per output channel."""
+    """A linear weight as the kernels read it: stored values, a scale per output channel, the
+    float32 matrix BLAS would read (fp32 only) and how to multiply it at each row count."""
 
     data: np.ndarray  # (P, I, PANEL) float32, uint16 (bf16 bits) or int8, packed (see pack)
     scale: np.ndarray  # (O,) float32: the float value of output o is its stored row * scale[o]
+    dense: np.ndarray  # (O, I) float32, the stored fp32 weight (no copy); (0, I) for bf16 / int8
+    plan: np.ndarray  # (PLAN_ROWS + 1, 3) int64: per row count, (method, inputs per pass, rows
+    # per block); the last entry serves every larger count (see default_plan, kernel_plans)
 
 
 def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +112,15 @@ def _layout() -> tuple[int, int]:
 PANEL, ROW_BLOCK = _layout()  # outputs per packed panel; input rows per register block
 K_BLOCK = 1024  # inputs per pass over a panel: 1024 x 32 floats (128 KB) stay in L2 for all rows
 PREFETCH = K_BLOCK * PANEL * 4  # bytes ahead that the block kernel asks for: one fp32 pass
+OURS, BLAS, ONE_THREAD = 0, 1, 2  # a plan's methods: the block kernel, BLAS (numpy's dot in
+# numba: sgemm), the block kernel on one thread whatever the count (small weights: no fork-join)
+PLAN_ROWS = 64  # plans are kept per row count up to this; larger counts share the last entry
+
+
+def default_plan() -> np.ndarray:
+    """(PLAN_ROWS + 1, 3) int64: the block kernel with K_BLOCK inputs per pass and ROW_BLOCK rows
+    per block at every row count, until :mod:`musicgen.kernel_plans` measures better ones."""
+    return np.tile(np.array([OURS, K_BLOCK, ROW_BLOCK], dtype=np.int64), (PLAN_ROWS + 1, 1))
 
 
 def packed_shape(n_out: int, n_in: int) -> tuple[int, int, int]:
@@ -167,7 +180,9 @@ def kernel_weights(stored: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Weig
     for v, start, (_, scale) in zip(values, starts, stored, strict=True):
         shape = packed_shape(*v.shape)
         view = buffer[start : start + int(np.prod(shape))].reshape(shape)
-        weights.append(Weight(pack(v, view), np.ascontiguousarray(scale.numpy())))
+        dense = v if v.dtype == np.float32 else np.empty((0, v.shape[1]), dtype=np.float32)
+        scale = np.ascontiguousarray(scale.numpy())
+        weights.append(Weight(pack(v, view), scale, dense, default_plan()))
     return weights
 
 
@@ -312,7 +327,9 @@ def _rows(rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):  #
         _b7(*a)
 
 
-def _panel(x: np.ndarray, w: Weight, out: np.ndarray, p: int) -> None:  # pragma: no cover
+def _panel(
+    x: np.ndarray, w: Weight, out: np.ndarray, p: int, k_block: int, row_block: int
+) -> None:  # pragma: no cover - jitted
     """Adds panel ``p``'s outputs to out (M, O) (see :func:`_matmul`)."""
     data = w.data
     M, n_in = x.shape
@@ -321,10 +338,10 @@ def _panel(x: np.ndarray, w: Weight, out: np.ndarray, p: int) -> None:  # pragma
     ragged = c0 + PANEL > n_out  # the last panel of an output count that PANEL does not divide
     target = np.zeros((M, PANEL), dtype=np.float32) if ragged else out
     stride, col = (PANEL, 0) if ragged else (n_out, c0)
-    for k0 in range(0, n_in, K_BLOCK):
-        n = min(K_BLOCK, n_in - k0)
-        for m in range(0, M, ROW_BLOCK):
-            rows = min(ROW_BLOCK, M - m)
+    for k0 in range(0, n_in, k_block):
+        n = min(k_block, n_in - k0)
+        for m in range(0, M, row_block):
+            rows = min(row_block, M - m)
             at = (p * n_in + k0) * PANEL
             _rows(rows, data, at, n, x, m * n_in + k0, n_in, target, m * stride + col, stride)
     if ragged:
@@ -338,35 +355,52 @@ def _scale(out: np.ndarray, scale: np.ndarray) -> None:  # pragma: no cover - ji
             out[m, o] *= scale[o]
 
 
-def _matmul(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no cover - jitted
+def _matmul(
+    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int
+) -> None:  # pragma: no cover - jitted
     """out (M, O) = x (M, I) @ (stored weight * scale).T for any M, each weight read once.
 
-    x and out are C-contiguous. Panel by panel (PANEL outputs), in passes of K_BLOCK inputs that
-    stay in L2, every block of ROW_BLOCK rows adds its sums (:func:`_block_kernel`); a last, partial
-    panel goes through a scratch of full panel width. (K_BLOCK measured at 32 rows on the project's
-    Zen 4: 128 / 256 / 512 / 1024 inputs gave ~87 / 94 / 99 / 103 GFLOP/s.)
+    x and out are C-contiguous. Panel by panel (PANEL outputs), in passes of ``k_block`` inputs
+    that stay in cache, every block of ``row_block`` (1 to 8) rows adds its sums
+    (:func:`_block_kernel`); a last, partial panel goes through a scratch of full panel width.
+    Each output's sum runs over the inputs in order whatever the two sizes, so they change the
+    speed, never the result. (K_BLOCK measured at 32 rows on the project's Zen 4: 128 / 256 / 512
+    / 1024 inputs gave ~87 / 94 / 99 / 103 GFLOP/s; :mod:`musicgen.kernel_plans` measures them
+    per machine and shape.)
     """
     out[:] = 0.0
     for p in range(w.data.shape[0]):
-        _panel(x, w, out, p)
+        _panel(x, w, out, p, k_block, row_block)
     _scale(out, w.scale)
 
 
-def _matmul_threads(x: np.ndarray, w: Weight, out: np.ndarray) -> None:  # pragma: no cover
+def _matmul_threads(
+    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int
+) -> None:  # pragma: no cover - jitted
     """:func:`_matmul` with the panels shared among numba's threads (each a contiguous range, so
     each thread streams its own part of the weight); the same sums in the same order."""
     out[:] = 0.0
     for p in prange(w.data.shape[0]):
-        _panel(x, w, out, p)
+        _panel(x, w, out, p, k_block, row_block)
     _scale(out, w.scale)
 
 
+def _blas(x: np.ndarray, dense: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """out (M, O) = x (M, I) @ dense (O, I).T by BLAS (numba lowers numpy's dot to sgemm)."""
+    np.dot(x, dense.T, out)
+
+
 def _mm(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:  # pragma: no cover
-    """:func:`_matmul_threads` with more than one thread, else :func:`_matmul`."""
-    if threads > 1:
-        _matmul_threads(x, w, out)
+    """out = x @ w's float value.T, the way ``w.plan`` says for x's row count: BLAS (fp32 weights
+    only), else the block kernel with the plan's pass and row block, on ``threads`` threads (or
+    one). The block kernel gives the same bits whatever its sizes and threads; BLAS does not."""
+    how = w.plan[min(x.shape[0], w.plan.shape[0] - 1)]
+    if how[0] == BLAS and w.dense.shape[0] == out.shape[1]:
+        _blas(x, w.dense, out)
+    elif threads > 1 and how[0] != ONE_THREAD:
+        _matmul_threads(x, w, out, how[1], how[2])
     else:
-        _matmul(x, w, out)
+        _matmul(x, w, out, how[1], how[2])
 
 
 def _kth_largest(v: np.ndarray, k: int) -> np.float32:  # pragma: no cover - jitted
@@ -605,6 +639,7 @@ _panel = _jit(_panel)
 _scale = _jit(_scale)
 _matmul = _jit(_matmul)
 _matmul_threads = _jit(_matmul_threads, parallel=True)
+_blas = _jit(_blas)
 _mm = _jit(_mm)
 _layer_norm = _jit(_layer_norm)
 _attend = _jit(_attend)
@@ -779,6 +814,10 @@ class LinearKernel:
         weight = dequantize(*self._stored[id(layer)]).to(dtype)
         bias = None if layer.bias is None else layer.bias.detach().to(dtype)
         return weight, bias
+
+    def arrays(self) -> list[Weight]:
+        """Every weight the kernels serve (their plans: :mod:`musicgen.kernel_plans`)."""
+        return list(self._arrays.values())
 
     def weight(self, layer: torch.nn.Linear) -> Weight | None:
         """The kernels' view of ``layer``'s stored weight, or None if they do not serve it."""

@@ -21,11 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from musicgen.kernel_plans import plan_weights
 from musicgen.kernels import (
     LayerArrays,
     LinearKernel,
     decoder_layer_step,
     decoder_steps,
+    kernel_threads,
     layer_list,
 )
 from musicgen.patterns import Pattern, make_pattern
@@ -621,6 +623,9 @@ class LM(nn.Module):
         kernel = None
         if fast_kernel or weights != "fp32" or compute_dtype is not None:
             kernel = self.decoding_kernel(weights, fast_kernel, compute_dtype)
+            if kernel.arrays():  # the fastest block sizes (or BLAS) here at the step's rows
+                rows = [batch, batch if n_cond is None else n_cond]
+                plan_weights(kernel.arrays(), rows, kernel_threads())
         return KVCache(
             cfg.n_layers,
             batch,

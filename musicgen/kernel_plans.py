@@ -1,0 +1,204 @@
+"""How to multiply a decoding step's rows by each weight, measured on this machine.
+
+The block kernel (:func:`musicgen.kernels._matmul`) has two sizes that change its speed, never its
+result (each output's sum runs over the inputs in order either way): the inputs per pass (how much
+of a panel is reused from cache by every row block: 256 x 16 fp32 outputs fit a 32 KB L1, 1024 x 32
+need L2) and the rows per register block (4 or 6 on AVX2's 16 registers, 8 on AVX-512's 32); with
+several threads, a small weight may also go faster on one (no fork and join). Which is fastest
+depends on the machine's caches and registers, and BLAS can beat all of them on some machines
+(e.g. at 32 rows on an AVX2 Zen 3, or on tiny weights where a call's overhead dominates). So, for each weight shape, stored type, row count and
+thread count of a decoding step, :func:`plan_weights` times every candidate on the model's own
+weights (passes over enough of them to leave the caches, as a step does) and writes the fastest
+into each weight's ``plan`` (see :class:`musicgen.kernels.Weight`).
+
+BLAS is a candidate for fp32 weights only (bf16 and int8 would need a float32 copy: the bytes they
+save) and is chosen only when it takes at most :data:`BLAS_MARGIN` of the best block time: its sums
+round differently (~1e-6 relative), so a choice made on noise would change the sampled tokens from
+one run to the next. Choices are kept in a JSON file per user (:func:`cache_path`), keyed by the CPU,
+shape, type, rows and threads, so that a machine measures each case once and then decodes the same
+way, with the same bytes, in every later run (delete the file to measure again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from musicgen.kernels import (
+    BLAS,
+    K_BLOCK,
+    ONE_THREAD,
+    OURS,
+    PANEL,
+    PLAN_ROWS,
+    ROW_BLOCK,
+    Weight,
+    _blas,
+    _matmul,
+    _matmul_threads,
+)
+
+PASSES = (256, 512, 1024)  # inputs per pass tried
+ROW_BLOCKS = (4, 6, 8)  # rows per register block tried (the block kernel takes 1 to 8)
+BLAS_MARGIN = 0.9  # BLAS is chosen only at <= 90 % of the best block kernel's time
+MEASURE_BYTES = 48 << 20  # stored bytes each timed pass streams (more than most L3 slices)
+REPEATS = 2  # timed passes per candidate after a warm-up; the fastest counts
+
+Plan = tuple[int, int, int]  # (method, inputs per pass, rows per block), a row of Weight.plan
+
+
+def cache_path() -> Path:
+    """The choices file: ``$XDG_CACHE_HOME/musicgen/matmul_plans.json`` (else ``~/.cache``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "musicgen" / "matmul_plans.json"
+
+
+def cpu_key() -> str:
+    """What the choices depend on besides the case: the CPU model, the ISA that numba compiles
+    for and the packed layout (e.g. ``x86_64 | AMD EPYC 9B45 | znver5 | panel 32``)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or fields.get("Model") or platform.processor() or "?"
+    if "cpu family" in fields:  # x86: the generation behind a marketing name
+        name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
+    try:
+        from llvmlite.binding import get_host_cpu_name
+        from numba.core.config import CPU_NAME
+
+        target = CPU_NAME if CPU_NAME not in (None, "", "host") else get_host_cpu_name()
+    except ImportError:  # pragma: no cover - numba is a dependency
+        target = "?"
+    return f"{platform.machine()} | {name} | {target} | panel {PANEL}"
+
+
+def case_key(weight: Weight, rows: int, threads: int) -> str:
+    """The key of one case in the choices file (after :func:`cpu_key`)."""
+    n_out, n_in = len(weight.scale), weight.data.shape[1]
+    return f"{n_out}x{n_in} {weight.data.dtype} rows {rows} threads {threads}"
+
+
+def candidates(weight: Weight, rows: int, threads: int = 1) -> list[Plan]:
+    """The distinct plans for ``rows`` rows: block sizes past the rows or the inputs collapse
+    into one (the same loops); with several threads the default sizes on one thread join (a
+    small weight loses more to the threads' start than it gains), and BLAS for fp32 weights."""
+    n_in = weight.data.shape[1]
+    seen = {(OURS, min(k, n_in), min(r, rows)): (OURS, k, r) for k in PASSES for r in ROW_BLOCKS}
+    plans = sorted(seen.values())
+    if threads > 1:
+        plans.append((ONE_THREAD, K_BLOCK, ROW_BLOCK))
+    if weight.dense.shape[0] == len(weight.scale):
+        plans.append((BLAS, K_BLOCK, ROW_BLOCK))
+    return plans
+
+
+def choose(seconds: dict[Plan, float], margin: float = BLAS_MARGIN) -> Plan:
+    """The fastest plan of ``seconds``; BLAS only at ``margin`` or less of the best block time."""
+    ours = {plan: s for plan, s in seconds.items() if plan[0] != BLAS}
+    best = min(ours, key=ours.get)
+    blas = [(s, plan) for plan, s in seconds.items() if plan[0] == BLAS]
+    if blas and min(blas)[0] <= margin * ours[best]:
+        return min(blas)[1]
+    return best
+
+
+def time_plans(weights: list[Weight], rows: int, threads: int) -> dict[Plan, float]:
+    """Seconds per pass over ``weights`` (one shape and type) at ``rows`` rows, per candidate.
+
+    The weights are cycled until a pass streams :data:`MEASURE_BYTES`, so that, as in a decoding
+    step, each one comes from memory rather than from a cache warmed by the previous call.
+    """
+    w0 = weights[0]
+    n_out, n_in = len(w0.scale), w0.data.shape[1]
+    per_pass = max(1, MEASURE_BYTES // max(1, w0.data.nbytes))
+    order = [weights[i % len(weights)] for i in range(min(per_pass, 4 * len(weights) + 64))]
+    x = np.random.default_rng(0).standard_normal((rows, n_in)).astype(np.float32)
+    out = np.empty((rows, n_out), dtype=np.float32)
+    seconds = {}
+    for plan in candidates(w0, rows, threads):
+        method, k_block, row_block = plan
+        block = _matmul_threads if threads > 1 and method == OURS else _matmul
+        best = float("inf")
+        for repeat in range(REPEATS + 1):
+            start = time.perf_counter()
+            for w in order:
+                if method == BLAS:
+                    _blas(x, w.dense, out)
+                else:
+                    block(x, w, out, k_block, row_block)
+            if repeat:  # the first pass compiles and warms up
+                best = min(best, time.perf_counter() - start)
+        seconds[plan] = best
+    return seconds
+
+
+def load_choices(path: Path) -> dict[str, list[int]]:
+    """The choices file's entries, or none if it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_choices(path: Path, choices: dict[str, list[int]]) -> None:
+    """Writes the choices file whole (a temporary file renamed over it); a home that cannot be
+    written only costs the measurement again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def plan_weights(
+    weights: list[Weight], rows: list[int], threads: int, path: Path | None = None
+) -> dict[str, Plan]:
+    """Writes into every weight's ``plan`` the fastest way to multiply each of ``rows``.
+
+    Weights are grouped by shape and stored type; each case (CPU, shape, type, rows, threads)
+    is measured once (:func:`time_plans`, :func:`choose`) and then read from the choices file.
+
+    Args:
+        weights: the kernels' weights (e.g. every linear layer of a model).
+        rows: the row counts a step multiplies them by (e.g. 2 x batch, and batch for the
+            conditioned rows' cross-attention).
+        threads: the kernels' thread count (:func:`musicgen.kernels.kernel_threads`).
+        path: the choices file (None: :func:`cache_path`).
+
+    Returns:
+        The plan of each case, by its key (:func:`case_key`).
+    """
+    path = cache_path() if path is None else path
+    cpu = cpu_key()
+    saved = load_choices(path)
+    groups: dict[tuple, list[Weight]] = defaultdict(list)
+    for w in weights:
+        groups[(len(w.scale), w.data.shape[1], w.data.dtype.str)].append(w)
+    chosen: dict[str, Plan] = {}
+    for group in groups.values():
+        for r in sorted({min(r, PLAN_ROWS) for r in rows if r > 0}):
+            key = case_key(group[0], r, threads)
+            plan = saved.get(f"{cpu} | {key}")
+            if plan is None:
+                plan = choose(time_plans(group, r, threads))
+                saved[f"{cpu} | {key}"] = list(plan)
+            chosen[key] = tuple(int(v) for v in plan)
+            for w in group:
+                w.plan[r] = chosen[key]
+                if r == PLAN_ROWS:  # larger counts read the last entry
+                    w.plan[PLAN_ROWS:] = chosen[key]
+    if saved != load_choices(path):
+        save_choices(path, saved)
+    return chosen
