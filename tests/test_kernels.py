@@ -254,23 +254,31 @@ def test_gelu_matches_torch_exact_gelu():
 PORTABLE_CHECK = """
 import numpy as np, torch
 from musicgen import kernels as K
+from musicgen.kernel_plans import candidates
 assert (K.PANEL, K.ROW_BLOCK) == (16, 4), (K.PANEL, K.ROW_BLOCK)
 g = torch.Generator().manual_seed(0)
 for weights in K.WEIGHT_TYPES:
     for rows in (1, 3, 4, 5, 9, 33):
         x, w = torch.randn(rows, 300, generator=g), torch.randn(37, 300, generator=g)
         data, scale = K.quantize(w, weights)
-        out = K.matmul(x.numpy(), K.kernel_weight(data, scale))
+        packed = K.kernel_weight(data, scale)
+        out = K.matmul(x.numpy(), packed)
         want = x @ K.dequantize(data, scale).T
         assert torch.allclose(torch.from_numpy(out), want, atol=1e-4), (weights, rows)
+        for method, k_block, row_block in candidates(packed, rows, threads=2):
+            if method != K.BLAS:  # every block plan of this layout, 6-row blocks included
+                other = np.empty_like(out)
+                K._matmul(x.numpy(), packed, other, k_block, row_block)
+                assert np.array_equal(other, out), (weights, rows, k_block, row_block)
 print("portable layout ok")
 """
 
 
 def test_portable_layout_on_an_avx2_target(tmp_path):
     """Compiled for Haswell (AVX2 + FMA, 16 vector registers), the kernels take the portable layout
-    (panels of 16 outputs, blocks of 4 rows) and still equal the float matmul; the block kernel's
-    vectors are split into that machine's registers by LLVM (AVX2 here, NEON on arm64)."""
+    (panels of 16 outputs, blocks of 4 rows) and still equal the float matmul, with the same bits
+    under every block plan (:mod:`musicgen.kernel_plans`); the block kernel's vectors are split into
+    that machine's registers by LLVM (AVX2 here, NEON on arm64)."""
     import os
     import subprocess
     import sys
