@@ -144,21 +144,38 @@ def score_kl(
 ) -> tuple[dict, np.ndarray]:
     """KL with PaSST of the generated clips against their references, segment by segment.
 
+    audiocraft pairs the i-th segment of a reference with the i-th of its generated clip and needs
+    both clips of one length. Generated clips of another length than their references (e.g.
+    ``generate.seconds`` past the test clips', with sliding windows) are compared on the segments
+    both have: the first ones, where the generated clip answers the same caption from its start.
+
     Args:
-        reference: ``passt.npz`` of reference_stats (``ids``, ``probs`` (N_ref, E, C)).
+        reference: ``passt.npz`` of reference_stats (``ids``, ``probs`` (N_ref, E_ref, C)).
         gen_probs: (N, E, C) class probabilities of the generated clips.
         gen_ids: their ids (each a reference clip: the caption it was generated from).
 
     Returns:
-        ``kl_passt``, ``kl_passt_qp``, ``kl_passt_both`` and ``n_segments`` (the segment pairs
-        averaged over), and each clip's KL(reference || generated), (N,).
+        ``kl_passt``, ``kl_passt_qp``, ``kl_passt_both``, ``n_segments`` (the segment pairs
+        averaged over) and ``segments_per_clip`` (min(E_ref, E)), and each clip's
+        KL(reference || generated), (N,).
     """
     from musicgen.metrics.kl import kl_scores, per_clip_kl
 
     ref_probs = reference["probs"][reference_rows(list(reference["ids"]), gen_ids)]
+    paired = min(ref_probs.shape[1], gen_probs.shape[1])
+    if ref_probs.shape[1] != gen_probs.shape[1]:
+        log.warning(
+            "KL with PaSST: generated clips have %d segments and their references %d; comparing "
+            "the first %d of each",
+            gen_probs.shape[1],
+            ref_probs.shape[1],
+            paired,
+        )
+    ref_probs, gen_probs = ref_probs[:, :paired], gen_probs[:, :paired]
     scores = kl_scores(ref_probs, gen_probs)
     out = {key: getattr(scores, field) for field, key in KL_KEYS.items()}
-    return out | {"n_segments": scores.n_segments}, per_clip_kl(ref_probs, gen_probs)
+    counts = {"n_segments": scores.n_segments, "segments_per_clip": paired}
+    return out | counts, per_clip_kl(ref_probs, gen_probs)
 
 
 def gallery_curves(curves: pd.DataFrame) -> pd.DataFrame | None:
@@ -322,12 +339,13 @@ def evaluate(
             metrics["clap_score_reference"] = summary["clap"]["clap_score"]
         if name == "passt":
             kl, table["kl_passt"] = score_kl(reference, generated.probs, gen_ids)
-            n_segments = kl.pop("n_segments")
+            n_segments, paired = kl.pop("n_segments"), kl.pop("segments_per_clip")
             metrics.update(kl)
             details["kl_passt"] = {
                 "weights": weights,
                 "n_segments": n_segments,
-                "segments_per_clip": int(generated.probs.shape[1]),
+                "segments_per_clip": paired,
+                "generated_segments_per_clip": int(generated.probs.shape[1]),
                 "segment_s": embedder.segment_s,
             }
     ce, ce_details = lm_cross_entropy(

@@ -122,11 +122,28 @@ def test_kl_pairs_each_generated_clip_with_its_reference_by_id():
         "kl_passt_qp": expected.kld_qp,
         "kl_passt_both": expected.kld_both,
         "n_segments": 4,
+        "segments_per_clip": 2,
     }
     np.testing.assert_allclose(per_clip, per_clip_kl(ref[[3, 1]], gen))
     assert per_clip.mean() == pytest.approx(metrics["kl_passt"])
     itself, _ = score_kl(reference, ref[[2]], ["c"])
     assert abs(itself["kl_passt"]) < 6 * 1e-6  # a clip against itself: 0 up to the epsilon
+
+
+def test_kl_of_clips_longer_or_shorter_than_their_references_pairs_the_segments_both_have():
+    """generate.seconds past the references' length (sliding windows) or short of it: the first
+    segments of each pair are compared, as audiocraft pairs the i-th segments."""
+    rng = np.random.default_rng(4)
+    ref = rng.dirichlet(np.ones(6), size=(3, 1))  # 10 s references: one segment
+    longer = rng.dirichlet(np.ones(6), size=(2, 3))  # 30 s generated clips: three
+    reference = {"ids": np.array(["a", "b", "c"]), "probs": ref}
+    metrics, per_clip = score_kl(reference, longer, ["c", "a"])
+    expected = kl_scores(ref[[2, 0]], longer[:, :1])
+    assert metrics["kl_passt"] == expected.kld and metrics["kl_passt_qp"] == expected.kld_qp
+    assert metrics["n_segments"] == 2 and metrics["segments_per_clip"] == 1
+    np.testing.assert_allclose(per_clip, per_clip_kl(ref[[2, 0]], longer[:, :1]))
+    shorter, _ = score_kl({"ids": reference["ids"], "probs": longer}, ref[[1]], ["b"])
+    assert shorter["kl_passt"] == kl_scores(longer[[1], :1], ref[[1]]).kld
 
 
 def test_the_dvc_metrics_are_the_headline_numbers_only():
