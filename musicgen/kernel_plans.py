@@ -16,7 +16,9 @@ save) and is chosen only when it takes at most :data:`BLAS_MARGIN` of the best b
 round differently (~1e-6 relative), so a choice made on noise would change the sampled tokens from
 one run to the next. Choices are kept in a JSON file per user (:func:`cache_path`), keyed by the CPU,
 shape, type, rows and threads, so that a machine measures each case once and then decodes the same
-way, with the same bytes, in every later run (delete the file to measure again).
+way, with the same bytes, in every later run (delete the file to measure again). A process that
+finds cases missing measures them under a lock beside the file (``.lock``), so that processes started
+together (``dvc queue start -j 2``) measure once and decode alike.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import platform
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -182,23 +185,50 @@ def plan_weights(
     """
     path = cache_path() if path is None else path
     cpu = cpu_key()
-    saved = load_choices(path)
     groups: dict[tuple, list[Weight]] = defaultdict(list)
     for w in weights:
         groups[(len(w.scale), w.data.shape[1], w.data.dtype.str)].append(w)
+    cases = [  # (weights, rows, the case's key, its name in the file)
+        (group, r, case_key(group[0], r, threads), f"{cpu} | {case_key(group[0], r, threads)}")
+        for group in groups.values()
+        for r in sorted({min(r, PLAN_ROWS) for r in rows if r > 0})
+    ]
+    saved = load_choices(path)
+    if any(name not in saved for *_, name in cases):
+        # one process measures at a time: another one that needs the same cases (a queue of
+        # experiments, say) waits, then reads them, so that both decode the same way
+        with choices_lock(path):
+            saved = load_choices(path)
+            missing = [case for case in cases if case[3] not in saved]
+            for group, r, _, name in missing:
+                saved[name] = list(choose(time_plans(group, r, threads)))
+            if missing:
+                save_choices(path, saved)
     chosen: dict[str, Plan] = {}
-    for group in groups.values():
-        for r in sorted({min(r, PLAN_ROWS) for r in rows if r > 0}):
-            key = case_key(group[0], r, threads)
-            plan = saved.get(f"{cpu} | {key}")
-            if plan is None:
-                plan = choose(time_plans(group, r, threads))
-                saved[f"{cpu} | {key}"] = list(plan)
-            chosen[key] = tuple(int(v) for v in plan)
-            for w in group:
-                w.plan[r] = chosen[key]
-                if r == PLAN_ROWS:  # larger counts read the last entry
-                    w.plan[PLAN_ROWS:] = chosen[key]
-    if saved != load_choices(path):
-        save_choices(path, saved)
+    for group, r, key, name in cases:
+        chosen[key] = tuple(int(v) for v in saved[name])
+        for w in group:
+            w.plan[r] = chosen[key]
+            if r == PLAN_ROWS:  # larger counts read the last entry
+                w.plan[PLAN_ROWS:] = chosen[key]
     return chosen
+
+
+@contextmanager
+def choices_lock(path: Path):
+    """An exclusive lock beside the choices file (``.lock``), for as long as the block runs;
+    none where the folder cannot be written or the platform has no ``fcntl``."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held open
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

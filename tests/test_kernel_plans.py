@@ -167,3 +167,46 @@ def test_a_model_decodes_with_its_plans_blas_included(tmp_path, monkeypatch):
         assert torch.allclose(out, reference, atol=1e-4)
         outputs.append(out)
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+
+
+CONCURRENT = """
+import sys, time
+from pathlib import Path
+import numpy as np, torch
+from musicgen import kernel_plans
+from musicgen.kernels import kernel_weight, quantize
+
+log = Path(sys.argv[2])
+
+def slow_timing(weights, rows, threads):  # a measurement that takes a while, and says so
+    with log.open("a") as f:
+        f.write("timed\\n")
+    time.sleep(1.0)
+    plans = kernel_plans.candidates(weights[0], rows)
+    return {p: 1.0 + (i if sys.argv[3] == "first" else -i) for i, p in enumerate(plans)}
+
+kernel_plans.time_plans = slow_timing
+w = kernel_weight(*quantize(torch.ones(40, 40), "fp32"))
+print(kernel_plans.plan_weights([w], [4], 1, Path(sys.argv[1])))
+"""
+
+
+def test_processes_started_together_measure_a_case_once_and_decode_alike(tmp_path):
+    """The second process waits on the lock, then reads the first one's choice (their fake
+    timings would choose differently)."""
+    import subprocess
+    import sys
+
+    path, log = tmp_path / "plans.json", tmp_path / "timed.log"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, str(path), str(log), order],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for order in ("first", "second")
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert log.read_text().count("timed") == 1
+    assert outputs[0] == outputs[1] and "rows 4 threads 1" in outputs[0]
