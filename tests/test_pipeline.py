@@ -69,6 +69,7 @@ def test_every_stage_writes_its_outputs(repo):
         "weights": weights["passt"],
         "n_segments": 6,
         "segments_per_clip": 1,
+        "generated_segments_per_clip": 1,
         "segment_s": 10.0,
     }
     assert evaluation["kl_passt"] > 0 and evaluation["kl_passt_qp"] > 0
