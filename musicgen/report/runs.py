@@ -25,6 +25,7 @@ API::
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -61,7 +62,7 @@ def _maker(rel: str) -> str:
     return "the pipeline" if rel != PARAMS else "the project (params.yaml)"
 
 
-class RunFiles:
+class RunFiles(ABC):
     """One run's files by their path in the project (``metrics/eval.json``), wherever they are:
     the base of :class:`DirectoryFiles` and :class:`RevisionFiles`.
 
@@ -79,18 +80,19 @@ class RunFiles:
         """The error for an output ``rel`` that the run lacks."""
         return RunError(f"{self.source}: no {rel} (written by {_maker(rel)}; {self.remedy})")
 
+    @abstractmethod
     def read_text(self, rel: str) -> str:
         """The text of ``rel``.
 
         Raises:
             RunError: the run has no such file.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def glob(self, pattern: str) -> list[str]:
         """The project paths matching ``pattern`` (e.g. ``metrics/*.json``), sorted."""
-        raise NotImplementedError
 
+    @abstractmethod
     def local_files(self, rels: list[str], staging: Path) -> Path:
         """A local folder that holds each of ``rels`` at its project path (the run directory
         itself, or ``staging`` with the files copied there).
@@ -98,7 +100,6 @@ class RunFiles:
         Raises:
             RunError: a file is missing.
         """
-        raise NotImplementedError
 
 
 class DirectoryFiles(RunFiles):
