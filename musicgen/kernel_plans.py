@@ -29,6 +29,7 @@ import platform
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ from musicgen.kernels import (
     _matmul,
     _matmul_threads,
 )
+from musicgen.machine import cpu_id, cpu_model
 
 PASSES = (256, 512, 1024)  # inputs per pass tried
 ROW_BLOCKS = (4, 6, 8)  # rows per register block tried (the block kernel takes 1 to 8)
@@ -62,19 +64,13 @@ def cache_path() -> Path:
     return Path(root) / "musicgen" / "matmul_plans.json"
 
 
+@lru_cache(maxsize=1)
 def cpu_key() -> str:
-    """What the choices depend on besides the case: the CPU model, the ISA that numba compiles
-    for and the packed layout (e.g. ``x86_64 | AMD EPYC 9B45 | znver5 | panel 32``)."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or fields.get("Model") or platform.processor() or "?"
-    if "cpu family" in fields:  # x86: the generation behind a marketing name
-        name += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
+    """What the choices depend on besides the case: the CPU model and, on x86, its vendor, family,
+    model and stepping, the ISA that numba compiles for and the packed layout (e.g.
+    ``x86_64 | AMD EPYC (AuthenticAMD 26/2/1) | znver5 | panel 32``). The same for a whole process
+    (numba reads its target once, at import), so it is worked out once."""
+    name = cpu_model() + (f" ({cpu_id()})" if cpu_id() else "")
     try:
         from llvmlite.binding import get_host_cpu_name
         from numba.core.config import CPU_NAME

@@ -623,9 +623,9 @@ class LM(nn.Module):
         kernel = None
         if fast_kernel or weights != "fp32" or compute_dtype is not None:
             kernel = self.decoding_kernel(weights, fast_kernel, compute_dtype)
-            if kernel.arrays():  # the fastest block sizes (or BLAS) here at the step's rows
-                rows = [batch, batch if n_cond is None else n_cond]
-                plan_weights(kernel.arrays(), rows, kernel_threads())
+            arrays = kernel.arrays()  # none on CUDA or without numba
+            if arrays:  # the fastest block sizes (or BLAS) here at the step's row counts
+                plan_weights(arrays, [batch, batch if n_cond is None else n_cond], kernel_threads())
         return KVCache(
             cfg.n_layers,
             batch,
