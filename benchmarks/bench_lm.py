@@ -20,6 +20,12 @@ GEMM rate at each case's row count (the fastest of BLAS and our kernel on (rows 
 plus the KV cache it reads, on average over the run) over the bandwidth and its FLOPs over that
 rate. Each case prints the floor and our and Hugging Face's distance to it (time / floor).
 
+At the end, the speed aims of issues 12 and 19 (:data:`AIMS`: fp32 batch 1 within 1.15x of the
+floor; from batch 4, at least 2x Hugging Face and within 1.5x of the floor; bf16 batch 1 at least
+2x Hugging Face's fp32; no row slower than torch+BLAS) are checked against this run's ``seed1``
+and ``small`` rows, each with the rows that miss it, so that one run on a new machine says where
+it stands.
+
 The per-step peer. On the CPU each case also times our own model with the numba step off
 (``generate(fast_kernel=False)``: the same layers in torch, every linear layer on torch's BLAS),
 printed as "torch+BLAS" with its time over ours, and then how each weight shape was multiplied at
@@ -79,6 +85,7 @@ from musicgen.kernels import (
     quantize,
 )
 from musicgen.lm import LM, PRESETS, load_lm
+from musicgen.machine import cpu_flags, cpu_id, cpu_model
 
 K, CARD, TEXT_LEN = 4, 2048, 24
 BYTES = {"fp32": 4, "bf16": 2, "int8": 1}  # per stored weight element
@@ -122,20 +129,13 @@ def machine(device: torch.device, threads: int) -> str:
     """The GPU's name, or the CPU's model, its vector instruction sets and the thread count."""
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == platform.machine():
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    flags = cpu_flags()
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "asimd", "sve")
     isa = " ".join(f for f in wanted if f in flags) or "?"
+    family = f" {cpu_id()}" if cpu_id() else ""
     return (
-        f"CPU {model} ({platform.machine()}; {isa}), {threads} thread(s), {os.cpu_count()} cores\n"
+        f"CPU {cpu_model()}{family} ({platform.machine()}; {isa}), {threads} thread(s), "
+        f"{os.cpu_count()} cores\n"
         f"kernels: {cpu_key()} (numba's target; panels of {PANEL} outputs), plans measured per "
         f"shape and rows in {cache_path()}"
     )
@@ -396,10 +396,62 @@ def time_batch(
     return best
 
 
+@dataclass
+class Row:
+    """One case's figures, ms per step (floor and torch+BLAS: None where not measured)."""
+
+    preset: str
+    batch: int
+    weights: str
+    ours: float
+    hf: float
+    floor: float | None = None
+    blas: float | None = None
+
+
+# The speed aims (issues 12 and 19), each: its text, the rows it covers (those where what it
+# compares was measured) and the test of a row.
+AIMS = (
+    ("fp32 at batch 1: ours <= 1.15x floor",
+     lambda r: r.weights == "fp32" and r.batch == 1 and r.floor is not None,
+     lambda r: r.ours <= 1.15 * r.floor),
+    ("batch 4 and more: HF fp32 / ours >= 2.0x", lambda r: r.batch >= 4,
+     lambda r: r.hf >= 2.0 * r.ours),
+    ("batch 4 and more: ours <= 1.5x floor", lambda r: r.batch >= 4 and r.floor is not None,
+     lambda r: r.ours <= 1.5 * r.floor),
+    ("bf16 at batch 1: HF fp32 / ours >= 2.0x", lambda r: r.weights == "bf16" and r.batch == 1,
+     lambda r: r.hf >= 2.0 * r.ours),
+    ("every row: ours no slower than torch+BLAS", lambda r: r.blas is not None,
+     lambda r: r.ours <= r.blas),
+)  # fmt: skip
+
+
+AIM_PRESETS = ("seed1", "small")  # the sizes the aims are stated for (tiny is all overhead)
+
+
+def check_aims(rows: list[Row]) -> list[str]:
+    """A line per aim: how many of the rows it covers meet it, and the ones that miss (rows of
+    :data:`AIM_PRESETS` only)."""
+    rows = [r for r in rows if r.preset in AIM_PRESETS]
+    if not rows:
+        return [f"  none: the aims are stated for {' and '.join(AIM_PRESETS)}"]
+    lines = []
+    for text, covers, holds in AIMS:
+        covered = [r for r in rows if covers(r)]
+        if not covered:
+            continue
+        missed = [f"{r.preset} b{r.batch} {r.weights}" for r in covered if not holds(r)]
+        verdict = "met" if not missed else "MISSED by " + ", ".join(missed)
+        lines.append(f"  {text}: {len(covered) - len(missed)} of {len(covered)} rows, {verdict}")
+    return lines
+
+
 def bench_generation(
     preset: str, batches: list[int], weights: list[str], args, m: Machine | None
-) -> None:
+) -> list[Row]:
+    """Times every batch and stored type of ``preset``, prints a line per case, returns them."""
     device = torch.device(args.device)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(preset, Path(tmp))
     hf, ours = hf.to(device), ours.to(device)
@@ -409,23 +461,25 @@ def bench_generation(
         hf_ms = 1000 * best["HF"] / n_steps
         for w in weights:
             ms = 1000 * best[w] / n_steps
+            rows.append(Row(preset, batch, w, ms, hf_ms))
             line = (
                 f"generate {preset:6s} batch {batch:2d} {w:4s}: ours {ms:7.1f} ms/step, "
                 f"HF fp32 {hf_ms:7.1f} ms/step, ratio {hf_ms / ms:5.2f}x"
             )
             if m is not None:
-                floor = 1000 * step_floor(ours, batch, n_steps, w, m)
+                floor = rows[-1].floor = 1000 * step_floor(ours, batch, n_steps, w, m)
                 line += f" | floor {floor:6.1f} ms: ours {ms / floor:4.2f}x"
                 if w == "fp32":
                     line += f", HF {hf_ms / floor:4.2f}x"
             if "BLAS" in best:
-                blas_ms = 1000 * best["BLAS"] / n_steps
+                blas_ms = rows[-1].blas = 1000 * best["BLAS"] / n_steps
                 line += f" | torch+BLAS {blas_ms:6.1f} ms: {blas_ms / ms:4.2f}x ours"
             print(line, flush=True)
         if device.type == "cpu":
             print(f"  plans at {2 * batch} rows: {plan_summary(ours, weights, 2 * batch)}")
     if device.type == "cpu":
         greedy_agreement(ours, weights, args.frames)
+    return rows
 
 
 def plan_summary(model: LM, weights: list[str], rows: int) -> str:
@@ -434,8 +488,9 @@ def plan_summary(model: LM, weights: list[str], rows: int) -> str:
     seen = {}
     for w in weights:
         for array in model.decoding_kernel(w, True).arrays():
-            method, k_block, row_block = (int(v) for v in array.plan[min(rows, PLAN_ROWS)])
-            how = names[method] + ("" if method == BLAS else f" (pass {k_block}, {row_block} rows)")
+            method, k_block, row_block, ahead = (int(v) for v in array.plan[min(rows, PLAN_ROWS)])
+            sizes = f" (pass {k_block}, {row_block} rows, prefetch {ahead // 1024} KB)"
+            how = names[method] + ("" if method == BLAS else sizes)
             seen[f"{w} {len(array.scale)}x{array.data.shape[1]}"] = how
     return "; ".join(f"{case} {how}" for case, how in seen.items())
 
@@ -483,8 +538,11 @@ def main() -> None:
     m = None
     if device.type == "cpu" and not args.no_floor:
         m = measure_machine(sorted({2 * b for b in args.batches}))
+    rows = []
     for preset in args.presets:
-        bench_generation(preset, args.batches, args.weights, args, m)
+        rows += bench_generation(preset, args.batches, args.weights, args, m)
+    print("speed aims (issues 12 and 19), on this machine in this run:")  # see AIMS
+    print("\n".join(check_aims(rows)), flush=True)
 
 
 if __name__ == "__main__":

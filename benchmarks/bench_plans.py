@@ -2,7 +2,7 @@
 generation with the plans of ``musicgen/kernel_plans.py``, in one process, alternating.
 
 The fixed sizes are the ones the kernels used before plans existed (passes of ``K_BLOCK`` inputs,
-blocks of ``ROW_BLOCK`` rows, every thread, no BLAS). Each variant reads its own choices file (a
+blocks of ``ROW_BLOCK`` rows, the default prefetch, every thread, no BLAS). Each variant reads its own choices file (a
 temporary ``XDG_CACHE_HOME``): the measured one is made by the first, untimed call of each case;
 the fixed one holds the same cases with the fixed plan. A random model of each preset decodes
 ``--frames`` frames with CFG 3.0 and top-k 250 (``generate``, fp32 or ``--weights``); each figure
@@ -26,7 +26,7 @@ import torch
 
 from musicgen.generate import SamplingConfig, generate
 from musicgen.kernel_plans import cache_path, cpu_key
-from musicgen.kernels import K_BLOCK, OURS, ROW_BLOCK, WEIGHT_TYPES
+from musicgen.kernels import K_BLOCK, OURS, ROW_BLOCK, WEIGHT_TYPES, default_ahead
 from musicgen.lm import LM, PRESETS, LMConfig
 
 TEXT_LEN = 24
@@ -47,7 +47,13 @@ def fixed_choices(measured: Path, fixed: Path) -> None:
     """The measured file's cases, each with the fixed plan."""
     cases = json.loads(measured.read_text())
     fixed.parent.mkdir(parents=True, exist_ok=True)
-    fixed.write_text(json.dumps(dict.fromkeys(cases, [OURS, K_BLOCK, ROW_BLOCK])))
+    fixed.write_text(json.dumps({case: fixed_plan(case) for case in cases}))
+
+
+def fixed_plan(case: str) -> list[int]:
+    """The fixed plan of a case of the choices file (``... rows R threads T``)."""
+    rows = int(case.split(" rows ")[1].split()[0])
+    return [OURS, K_BLOCK, ROW_BLOCK, default_ahead(rows)]
 
 
 def main() -> None:

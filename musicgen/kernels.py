@@ -8,10 +8,12 @@ inputs and stream the weights once *per row* when there are only a few. Measured
 of 40 calls on a loaded machine): MKL 0.96 ms at 1 row, 1.80 at 2, 1.86 at 4, 4.4 at 32 (61
 GFLOP/s); :func:`_matmul` 0.99, 1.03, 1.21 and 3.5 ms (77 GFLOP/s).
 
-:func:`_matmul` is a blocked kernel for any number of rows: it takes the weight in tiles of
-:data:`TILE` output rows (kept in L1/L2) and multiplies each tile by all input rows, 4 rows x 4
-outputs at a time (16 running sums in registers, every loaded element used 4 times; 2 or 1 rows
-for the rest). Each weight is read from RAM once per step whatever the batch.
+:func:`_matmul` serves any number of rows, each weight read from RAM once per step whatever the
+batch: the weight is packed once as panels of :data:`PANEL` outputs x all inputs (:func:`pack`);
+each panel is taken in passes of inputs that stay in cache, and every block of rows multiplies the
+pass with its sums in registers (:func:`_block_kernel`, LLVM IR through a numba intrinsic). The
+pass length, the rows per block and the software prefetch distance change the speed, never the
+result; :mod:`musicgen.kernel_plans` measures them (and BLAS) per machine, shape and row count.
 
 Weights may be stored in fewer bytes (:data:`WEIGHT_TYPES`): ``bf16`` as uint16 (the top half of a
 float32, widened by a shift as it is loaded), ``int8`` with one symmetric scale per output channel
@@ -57,8 +59,9 @@ class Weight(NamedTuple):
     data: np.ndarray  # (P, I, PANEL) float32, uint16 (bf16 bits) or int8, packed (see pack)
     scale: np.ndarray  # (O,) float32: the float value of output o is its stored row * scale[o]
     dense: np.ndarray  # (O, I) float32, the stored fp32 weight (no copy); (0, I) for bf16 / int8
-    plan: np.ndarray  # (PLAN_ROWS + 1, 3) int64: per row count, (method, inputs per pass, rows
-    # per block); the last entry serves every larger count (see default_plan, kernel_plans)
+    plan: np.ndarray  # (PLAN_ROWS + 1, 4) int64: per row count, (method, inputs per pass, rows
+    # per block, prefetch bytes ahead); the last entry serves every larger count (see
+    # default_plan, kernel_plans)
 
 
 def quantize(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +114,30 @@ def _layout() -> tuple[int, int]:
 
 PANEL, ROW_BLOCK = _layout()  # outputs per packed panel; input rows per register block
 K_BLOCK = 1024  # inputs per pass over a panel: 1024 x 32 floats (128 KB) stay in L2 for all rows
-PREFETCH = K_BLOCK * PANEL * 4  # bytes ahead that the block kernel asks for: one fp32 pass
+# Bytes ahead that the block kernel asks for by default: one fp32 pass, into L2, with 4 rows or
+# more (compute and memory about even, or compute-bound: memory keeps streaming while every row
+# block computes on the pass in cache); with fewer rows none, as the hardware's prefetcher did
+# better alone. Measured on the project's Zen 4 (seed1 steps): 2 rows -5 %; 8 and 32 rows +5 %
+# (4 KB ahead into L1 gave +2 %, 128 KB into L1 -10 %). kernel_plans measures it per machine.
+PREFETCH = K_BLOCK * PANEL * 4
+PREFETCH_ROWS = 4  # the default prefetches from this many rows on
 OURS, BLAS, ONE_THREAD = 0, 1, 2  # a plan's methods: the block kernel, BLAS (numpy's dot in
 # numba: sgemm), the block kernel on one thread whatever the count (small weights: no fork-join)
 PLAN_ROWS = 64  # plans are kept per row count up to this; larger counts share the last entry
 
 
+def default_ahead(rows: int) -> int:
+    """The default prefetch distance at ``rows`` rows (see :data:`PREFETCH`)."""
+    return PREFETCH if rows >= PREFETCH_ROWS else 0
+
+
 def default_plan() -> np.ndarray:
-    """(PLAN_ROWS + 1, 3) int64: the block kernel with K_BLOCK inputs per pass and ROW_BLOCK rows
-    per block at every row count, until :mod:`musicgen.kernel_plans` measures better ones."""
-    return np.tile(np.array([OURS, K_BLOCK, ROW_BLOCK], dtype=np.int64), (PLAN_ROWS + 1, 1))
+    """(PLAN_ROWS + 1, 4) int64: the block kernel with K_BLOCK inputs per pass, ROW_BLOCK rows per
+    block and the default prefetch at every row count, until :mod:`musicgen.kernel_plans` measures
+    better ones."""
+    return np.array(
+        [[OURS, K_BLOCK, ROW_BLOCK, default_ahead(r)] for r in range(PLAN_ROWS + 1)], np.int64
+    )
 
 
 def packed_shape(n_out: int, n_in: int) -> tuple[int, int, int]:
@@ -201,18 +218,28 @@ def _block_kernel(rows: int):
 
     Arguments (in the jitted caller): the packed weight (P, I, PANEL), the flat index of its first
     element to read, n (inputs to sum over), x (M, I) float32 and the flat index of x[r0, i0], its
-    row stride, out (M, O) float32 and the flat index of out[r0, c0], its row stride.
+    row stride, out (M, O) float32 and the flat index of out[r0, c0], its row stride, and how many
+    bytes ahead of each weight row read to prefetch (0: none; a loop without the instructions).
     """
 
     @intrinsic
-    def block(typingctx, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):
+    def block(typingctx, panel, start, n, x, x_at, x_stride, out, out_at, out_stride, ahead):
         sig = types.void(
-            panel, types.intp, types.intp, x, types.intp, types.intp, out, types.intp, types.intp
+            panel,
+            types.intp,
+            types.intp,
+            x,
+            types.intp,
+            types.intp,
+            out,
+            types.intp,
+            types.intp,
+            types.intp,
         )
 
         def codegen(context, builder, signature, args):  # pragma: no cover - runs when compiled
             panel_t, x_t, out_t = signature.args[0], signature.args[3], signature.args[6]
-            panel_a, start, n, x_a, x_at, x_stride, out_a, out_at, out_stride = args
+            panel_a, start, n, x_a, x_at, x_stride, out_a, out_at, out_stride, ahead = args
             i64, f32 = ir.IntType(64), ir.FloatType()
             vec = ir.VectorType(f32, PANEL)
             w_ptr = context.make_array(panel_t)(context, builder, panel_a).data
@@ -236,63 +263,73 @@ def _block_kernel(rows: int):
 
             sums = [builder.load(row_ptr(r), align=4) for r in range(rows)]
             entry = builder.block
-            loop = builder.append_basic_block("panel.loop")
+            pick = builder.append_basic_block("panel.pick")
             done = builder.append_basic_block("panel.done")
-            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
-            builder.position_at_end(loop)
-            i = builder.phi(i64)
-            i.add_incoming(ir.Constant(i64, 0), entry)
-            phis = []
-            for s in sums:
-                phis.append(builder.phi(vec))
-                phis[-1].add_incoming(s, entry)
-            at = builder.add(start, builder.mul(i, ir.Constant(i64, PANEL)))
-            raw = builder.load(
-                builder.bitcast(builder.gep(w_ptr, [at]), stored.as_pointer()), align=1
-            )
-            if kind == types.float32:
-                w = raw
-            elif kind == types.uint16:  # bf16 bits: the high half of a float32
-                wide = ir.VectorType(ir.IntType(32), PANEL)
-                w = builder.bitcast(
-                    builder.shl(builder.zext(raw, wide), ir.Constant(wide, [16] * PANEL)), vec
-                )
-            else:  # int8
-                w = builder.sitofp(raw, vec)
-            # With 4 rows or more (compute and memory about even, or compute-bound), ask for the
-            # weight one pass ahead (PREFETCH bytes, in order in the packed layout) into L2, a
-            # cache line per line read, so that memory keeps streaming while all row blocks
-            # compute on the pass in cache; with fewer rows the hardware's prefetcher does better
-            # alone. Measured on the project's Zen 4 (seed1 steps): 2 rows -5 %; 8 and 32 rows
-            # +5 % (4 KB ahead into L1 gave +2 %, 128 KB into L1 -10 %).
+            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), pick, done)
             row_bytes = PANEL * context.get_abi_sizeof(context.get_data_type(kind))
-            byte = builder.bitcast(builder.gep(w_ptr, [at]), ir.IntType(8).as_pointer())
-            for line in range(0, row_bytes if rows >= 4 else 0, 64):
-                ahead = builder.gep(byte, [ir.Constant(i64, PREFETCH + line)])
-                builder.call(
-                    prefetch, [ahead, *(ir.Constant(ir.IntType(32), a) for a in (0, 2, 1))]
-                )
             zeros = ir.Constant(ir.VectorType(ir.IntType(32), PANEL), [0] * PANEL)
-            new = []
-            for r in range(rows):
-                x_i = builder.add(builder.add(x_at, builder.mul(x_stride, ir.Constant(i64, r))), i)
-                one = builder.insert_element(
-                    ir.Constant(vec, ir.Undefined),
-                    builder.load(builder.gep(x_ptr, [x_i]), align=4),
-                    ir.Constant(ir.IntType(32), 0),
+
+            def emit_loop(name, fetch):
+                """The loop over the pass (entered from ``pick``), asking for the weight ``ahead``
+                bytes on if ``fetch``; returns its first and last blocks and its final sums."""
+                loop = builder.append_basic_block(name)
+                builder.position_at_end(loop)
+                i = builder.phi(i64)
+                i.add_incoming(ir.Constant(i64, 0), pick)
+                phis = []
+                for s in sums:
+                    phis.append(builder.phi(vec))
+                    phis[-1].add_incoming(s, pick)
+                at = builder.add(start, builder.mul(i, ir.Constant(i64, PANEL)))
+                raw = builder.load(
+                    builder.bitcast(builder.gep(w_ptr, [at]), stored.as_pointer()), align=1
                 )
-                lanes = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
-                new.append(builder.call(fma, [lanes, w, phis[r]]))
-            after = builder.add(i, ir.Constant(i64, 1))
-            i.add_incoming(after, builder.block)
-            for phi, value in zip(phis, new, strict=True):
-                phi.add_incoming(value, builder.block)
-            builder.cbranch(builder.icmp_signed("<", after, n), loop, done)
+                if kind == types.float32:
+                    w = raw
+                elif kind == types.uint16:  # bf16 bits: the high half of a float32
+                    wide = ir.VectorType(ir.IntType(32), PANEL)
+                    w = builder.bitcast(
+                        builder.shl(builder.zext(raw, wide), ir.Constant(wide, [16] * PANEL)), vec
+                    )
+                else:  # int8
+                    w = builder.sitofp(raw, vec)
+                # Software prefetch (see PREFETCH): the weight ``ahead`` bytes on, in order in the
+                # packed layout, into L2, a cache line per line read.
+                byte = builder.bitcast(builder.gep(w_ptr, [at]), ir.IntType(8).as_pointer())
+                for line in range(0, row_bytes if fetch else 0, 64):
+                    where = builder.gep(byte, [builder.add(ahead, ir.Constant(i64, line))])
+                    builder.call(
+                        prefetch, [where, *(ir.Constant(ir.IntType(32), a) for a in (0, 2, 1))]
+                    )
+                new = []
+                for r in range(rows):
+                    x_i = builder.add(
+                        builder.add(x_at, builder.mul(x_stride, ir.Constant(i64, r))), i
+                    )
+                    one = builder.insert_element(
+                        ir.Constant(vec, ir.Undefined),
+                        builder.load(builder.gep(x_ptr, [x_i]), align=4),
+                        ir.Constant(ir.IntType(32), 0),
+                    )
+                    lanes = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+                    new.append(builder.call(fma, [lanes, w, phis[r]]))
+                after = builder.add(i, ir.Constant(i64, 1))
+                i.add_incoming(after, builder.block)
+                for phi, value in zip(phis, new, strict=True):
+                    phi.add_incoming(value, builder.block)
+                builder.cbranch(builder.icmp_signed("<", after, n), loop, done)
+                return loop, builder.block, new
+
+            loops = [emit_loop("panel.fetch", True), emit_loop("panel.plain", False)]
+            builder.position_at_end(pick)  # ahead > 0: the loop that prefetches
+            fetching = builder.icmp_signed(">", ahead, ir.Constant(i64, 0))
+            builder.cbranch(fetching, loops[0][0], loops[1][0])
             builder.position_at_end(done)
             finals = [builder.phi(vec) for _ in range(rows)]  # phis first, then the stores
             for r, final in enumerate(finals):
                 final.add_incoming(sums[r], entry)
-                final.add_incoming(new[r], loop)
+                for _, end, new in loops:
+                    final.add_incoming(new[r], end)
             for r, final in enumerate(finals):
                 builder.store(final, row_ptr(r), align=4)
             return context.get_dummy_value()
@@ -306,9 +343,11 @@ if njit is not None:
     _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8 = (_block_kernel(r) for r in range(1, 9))
 
 
-def _rows(rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):  # pragma: no cover
+def _rows(
+    rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride, ahead
+):  # pragma: no cover - jitted
     """The block kernel of ``rows`` (1 to 8) rows; see :func:`_block_kernel`."""
-    a = (panel, start, n, x, x_at, x_stride, out, out_at, out_stride)
+    a = (panel, start, n, x, x_at, x_stride, out, out_at, out_stride, ahead)
     if rows == 8:
         _b8(*a)
     elif rows == 4:
@@ -328,7 +367,7 @@ def _rows(rows, panel, start, n, x, x_at, x_stride, out, out_at, out_stride):  #
 
 
 def _panel(
-    x: np.ndarray, w: Weight, out: np.ndarray, p: int, k_block: int, row_block: int
+    x: np.ndarray, w: Weight, out: np.ndarray, p: int, k_block: int, row_block: int, ahead: int
 ) -> None:  # pragma: no cover - jitted
     """Adds panel ``p``'s outputs to out (M, O) (see :func:`_matmul`)."""
     data = w.data
@@ -343,7 +382,8 @@ def _panel(
         for m in range(0, M, row_block):
             rows = min(row_block, M - m)
             at = (p * n_in + k0) * PANEL
-            _rows(rows, data, at, n, x, m * n_in + k0, n_in, target, m * stride + col, stride)
+            x_at, out_at = m * n_in + k0, m * stride + col
+            _rows(rows, data, at, n, x, x_at, n_in, target, out_at, stride, ahead)
     if ragged:
         out[:, c0:] = target[:, : n_out - c0]
 
@@ -356,32 +396,32 @@ def _scale(out: np.ndarray, scale: np.ndarray) -> None:  # pragma: no cover - ji
 
 
 def _matmul(
-    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int
+    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int, ahead: int
 ) -> None:  # pragma: no cover - jitted
     """out (M, O) = x (M, I) @ (stored weight * scale).T for any M, each weight read once.
 
     x and out are C-contiguous. Panel by panel (PANEL outputs), in passes of ``k_block`` inputs
     that stay in cache, every block of ``row_block`` (1 to 8) rows adds its sums
-    (:func:`_block_kernel`); a last, partial panel goes through a scratch of full panel width.
-    Each output's sum runs over the inputs in order whatever the two sizes, so they change the
-    speed, never the result. (K_BLOCK measured at 32 rows on the project's Zen 4: 128 / 256 / 512
+    (:func:`_block_kernel`, prefetching ``ahead`` bytes on); a last, partial panel goes through a
+    scratch of full panel width. Each output's sum runs over the inputs in order whatever the three
+    settings, so they change the speed, never the result. (K_BLOCK measured at 32 rows on the project's Zen 4: 128 / 256 / 512
     / 1024 inputs gave ~87 / 94 / 99 / 103 GFLOP/s; :mod:`musicgen.kernel_plans` measures them
     per machine and shape.)
     """
     out[:] = 0.0
     for p in range(w.data.shape[0]):
-        _panel(x, w, out, p, k_block, row_block)
+        _panel(x, w, out, p, k_block, row_block, ahead)
     _scale(out, w.scale)
 
 
 def _matmul_threads(
-    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int
+    x: np.ndarray, w: Weight, out: np.ndarray, k_block: int, row_block: int, ahead: int
 ) -> None:  # pragma: no cover - jitted
     """:func:`_matmul` with the panels shared among numba's threads (each a contiguous range, so
     each thread streams its own part of the weight); the same sums in the same order."""
     out[:] = 0.0
     for p in prange(w.data.shape[0]):
-        _panel(x, w, out, p, k_block, row_block)
+        _panel(x, w, out, p, k_block, row_block, ahead)
     _scale(out, w.scale)
 
 
@@ -393,14 +433,15 @@ def _blas(x: np.ndarray, dense: np.ndarray, out: np.ndarray) -> None:  # pragma:
 def _mm(x: np.ndarray, w: Weight, out: np.ndarray, threads: int) -> None:  # pragma: no cover
     """out = x @ w's float value.T, the way ``w.plan`` says for x's row count: BLAS (fp32 weights
     only), else the block kernel with the plan's pass and row block, on ``threads`` threads (or
-    one). The block kernel gives the same bits whatever its sizes and threads; BLAS does not."""
+    one), prefetching as it says. The block kernel gives the same bits whatever its sizes,
+    prefetch and threads; BLAS does not."""
     how = w.plan[min(x.shape[0], w.plan.shape[0] - 1)]
     if how[0] == BLAS and w.dense.shape[0] == out.shape[1]:
         _blas(x, w.dense, out)
     elif threads > 1 and how[0] != ONE_THREAD:
-        _matmul_threads(x, w, out, how[1], how[2])
+        _matmul_threads(x, w, out, how[1], how[2], how[3])
     else:
-        _matmul(x, w, out, how[1], how[2])
+        _matmul(x, w, out, how[1], how[2], how[3])
 
 
 def _kth_largest(v: np.ndarray, k: int) -> np.float32:  # pragma: no cover - jitted

@@ -9,11 +9,15 @@ from test_kernels import cached_steps, guided_inputs, tiny
 
 from musicgen import kernel_plans
 from musicgen.kernel_plans import (
+    AHEADS,
     candidates,
     case_key,
     choose,
     cpu_key,
+    default_for,
     plan_weights,
+    prefetch_candidates,
+    time_plans,
 )
 from musicgen.kernels import (
     BLAS,
@@ -44,55 +48,107 @@ def random_weight(n_out, n_in, weights="fp32", seed=0):
 @pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("rows", [1, 5, 16, 33])
 def test_block_sizes_change_the_speed_never_the_result(weights, rows):
-    """Every candidate pass length and row block (and the threaded kernel) gives the bits of the
-    default plan: each output's sum runs over the inputs in the same order."""
+    """Every candidate pass length, row block and prefetch distance (and the threaded kernel)
+    gives the bits of the default plan: each output's sum runs over the inputs in the same
+    order."""
     stored = random_weight(70, 700, weights)  # a ragged panel; 700 inputs: 1 to 3 passes
     w = kernel_weight(*stored)
     x = np.random.default_rng(rows).standard_normal((rows, 700)).astype(np.float32)
     reference = np.empty((rows, 70), dtype=np.float32)
-    _matmul(x, w, reference, K_BLOCK, ROW_BLOCK)
+    _matmul(x, w, reference, K_BLOCK, ROW_BLOCK, 0)
     want = (torch.from_numpy(x) @ dequantize(*stored).T).numpy()
     assert np.allclose(reference, want, atol=1e-4)
-    for method, k_block, row_block in candidates(w, rows):
-        if method == OURS:
-            for kernel in (_matmul, _matmul_threads):
-                out = np.full((rows, 70), np.nan, dtype=np.float32)
-                kernel(x, w, out, k_block, row_block)
-                assert np.array_equal(out, reference), (kernel, k_block, row_block)
+    plans = [p for p in candidates(w, rows) if p[0] == OURS]
+    for plan in plans + [q for p in plans for q in prefetch_candidates(p)]:
+        for kernel in (_matmul, _matmul_threads):
+            out = np.full((rows, 70), np.nan, dtype=np.float32)
+            kernel(x, w, out, *plan[1:])
+            assert np.array_equal(out, reference), (kernel, plan)
 
 
 def test_a_blas_plan_multiplies_by_the_float_weight_and_only_fp32_has_one():
     stored = random_weight(40, 96)
     w = kernel_weight(*stored)
     x = np.random.default_rng(0).standard_normal((9, 96)).astype(np.float32)
-    assert (BLAS, K_BLOCK, ROW_BLOCK) in candidates(w, 9)
-    w.plan[9] = (BLAS, K_BLOCK, ROW_BLOCK)
+    assert (BLAS, K_BLOCK, ROW_BLOCK, 0) in candidates(w, 9)
+    w.plan[9] = (BLAS, K_BLOCK, ROW_BLOCK, 0)
     assert np.allclose(matmul(x, w), x @ stored[0].numpy().T, atol=1e-5)
     assert not np.array_equal(w.plan[8], w.plan[9])  # other row counts keep the block kernel
     for weights in ("bf16", "int8"):  # a float32 copy would cost the bytes they save
         low = kernel_weight(*random_weight(40, 96, weights))
         assert low.dense.shape == (0, 96)
         assert all(plan[0] == OURS for plan in candidates(low, 9))
-        low.plan[9] = (BLAS, K_BLOCK, ROW_BLOCK)  # e.g. a stale plan: the kernel still serves it
+        low.plan[9] = (BLAS, K_BLOCK, ROW_BLOCK, 0)  # e.g. a stale plan: the kernel still serves it
         want = x @ dequantize(*random_weight(40, 96, weights)).numpy().T
         assert np.allclose(matmul(x, low), want, atol=1e-4)
 
 
 def test_choose_takes_blas_only_when_clearly_faster():
-    ours_fast, ours_slow, blas = (OURS, 256, 8), (OURS, 1024, 4), (BLAS, K_BLOCK, ROW_BLOCK)
+    ours_fast, ours_slow = (OURS, 256, 8, 0), (OURS, 1024, 4, 0)
+    blas = (BLAS, K_BLOCK, ROW_BLOCK, 0)
     assert choose({ours_fast: 1.0, ours_slow: 1.2}) == ours_fast
     assert choose({ours_fast: 1.0, ours_slow: 1.2, blas: 0.95}) == ours_fast  # within the margin
     assert choose({ours_fast: 1.0, ours_slow: 1.2, blas: 0.85}) == blas
     assert choose({ours_fast: 1.0, blas: 0.95}, margin=1.0) == blas
 
 
+def test_choose_leaves_the_default_plan_only_when_another_is_clearly_faster():
+    default, other = (OURS, K_BLOCK, ROW_BLOCK, 0), (OURS, 256, 6, 0)
+    blas = (BLAS, K_BLOCK, ROW_BLOCK, 0)
+    assert choose({default: 1.0, other: 0.97}, default) == default  # within the noise margin
+    assert choose({default: 1.0, other: 0.9}, default) == other
+    assert choose({default: 1.0, other: 0.97}) == other  # no default given: the fastest
+    # BLAS is held against the fastest block time, whichever block plan is kept
+    assert choose({default: 1.0, other: 0.97, blas: 0.88}, default) == default
+    assert choose({default: 1.0, other: 0.97, blas: 0.85}, default) == blas
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 32])
+def test_the_default_plan_is_among_the_first_round_s_candidates(rows):
+    """As itself (its sizes, not another plan that runs the same loops), so that choose() can
+    hold the others against it."""
+    for n_in in (200, 2048):
+        w = kernel_weight(*random_weight(64, n_in))
+        assert default_for(rows) in candidates(w, rows)
+        assert tuple(default_plan()[rows]) == default_for(rows)
+
+
 def test_candidates_collapse_sizes_past_the_rows_and_inputs():
     one_row = candidates(kernel_weight(*random_weight(64, 200)), 1)  # one pass, one row
     assert len([p for p in one_row if p[0] == OURS]) == 1
     two_passes = candidates(kernel_weight(*random_weight(64, 300)), 1)  # 256, or all 300
-    assert sorted(min(k, 300) for m, k, _ in two_passes if m == OURS) == [256, 300]
+    assert sorted(min(k, 300) for m, k, *_ in two_passes if m == OURS) == [256, 300]
     many = candidates(kernel_weight(*random_weight(64, 2048)), 32)
     assert len([p for p in many if p[0] == OURS]) == 9 and many[-1][0] == BLAS
+
+
+def test_the_second_round_tries_the_other_prefetch_distances_of_the_fastest_block_plan():
+    """First round: every block plan with the default prefetch (none under 4 rows, one fp32 pass
+    from 4 on); second round: the fastest block plan with each other distance; BLAS takes none."""
+    w = kernel_weight(*random_weight(64, 2048))
+    assert {p[3] for p in candidates(w, 2) if p[0] == OURS} == {0}
+    assert {p[3] for p in candidates(w, 8) if p[0] == OURS} == {AHEADS[-1]}
+    assert prefetch_candidates((OURS, 512, 6, 0)) == [(OURS, 512, 6, a) for a in AHEADS[1:]]
+    assert prefetch_candidates((BLAS, K_BLOCK, ROW_BLOCK, 0)) == []
+    seconds = time_plans([w], 8, threads=1)  # really timed: both rounds
+    first = candidates(w, 8)
+    best = min((p for p in first if p[0] != BLAS), key=seconds.get)
+    assert set(seconds) == set(first) | set(prefetch_candidates(best))
+    assert len(seconds) == len(first) + len(AHEADS) - 1
+
+
+def test_choices_in_an_older_form_are_measured_again(tmp_path, monkeypatch):
+    """A file written before the prefetch distance was part of a plan (3 numbers per case) is not
+    read as a plan: the case is measured again and saved in today's form."""
+    path = tmp_path / "plans.json"
+    w = kernel_weight(*random_weight(32, 64))
+    name = f"{cpu_key()} | {case_key(w, 4, 1)}"
+    path.write_text(json.dumps({name: [OURS, 256, 4]}))
+    monkeypatch.setattr(
+        kernel_plans, "time_plans", lambda ws, rows, threads: {(OURS, 512, 8, 0): 1.0}
+    )
+    assert plan_weights([w], [4], threads=1, path=path) == {case_key(w, 4, 1): (OURS, 512, 8, 0)}
+    assert json.loads(path.read_text())[name] == [OURS, 512, 8, 0]
 
 
 def test_plans_are_measured_once_per_case_then_read_from_the_file(tmp_path, monkeypatch):
@@ -121,18 +177,18 @@ def test_plans_are_measured_once_per_case_then_read_from_the_file(tmp_path, monk
     first = tuple(candidates(square[0], 6)[0])
     for w in square:
         assert tuple(w.plan[6]) == first and tuple(w.plan[5]) == tuple(default_plan()[5])
-    assert tuple(wide[0].plan[3]) == (BLAS, K_BLOCK, ROW_BLOCK)
+    assert tuple(wide[0].plan[3]) == (BLAS, K_BLOCK, ROW_BLOCK, 0)
     assert np.all(wide[0].plan[PLAN_ROWS:, 0] == BLAS)  # 100 rows: the last entry serves it
     saved = json.loads(path.read_text())
     assert f"{cpu_key()} | {case_key(wide[0], 3, 1)}" in saved and len(saved) == 6
-    assert chosen[case_key(wide[0], 6, 1)] == (BLAS, K_BLOCK, ROW_BLOCK)
+    assert chosen[case_key(wide[0], 6, 1)] == (BLAS, K_BLOCK, ROW_BLOCK, 0)
 
     monkeypatch.setattr(kernel_plans, "time_plans", lambda *a: pytest.fail("timed again"))
     again = kernel_weights([random_weight(96, 48)])
     assert plan_weights(again, [3], threads=1, path=path) == {
         case_key(again[0], 3, 1): chosen[case_key(wide[0], 3, 1)]
     }
-    assert tuple(again[0].plan[3]) == (BLAS, K_BLOCK, ROW_BLOCK)
+    assert tuple(again[0].plan[3]) == (BLAS, K_BLOCK, ROW_BLOCK, 0)
 
 
 def test_an_unwritable_choices_file_only_costs_a_new_measurement(tmp_path):
@@ -158,7 +214,8 @@ def test_a_model_decodes_with_its_plans_blas_included(tmp_path, monkeypatch):
     assert {key.split(" rows ")[1].split(" threads ")[0] for key in saved} == {"3", "6"}
     reference, _ = cached_steps(model, seq, memory, memory_mask, 3, False)
     outputs = []
-    for plan in ([OURS, K_BLOCK, ROW_BLOCK], [OURS, 16, 3], [ONE_THREAD, 64, 5], [BLAS, 0, 0]):
+    plans = [OURS, K_BLOCK, ROW_BLOCK, 0], [OURS, 16, 3, 4096], [ONE_THREAD, 64, 5, 0]
+    for plan in (*plans, [BLAS, 0, 0, 0]):
         path.write_text(json.dumps(dict.fromkeys(saved, plan)))
         model._kernel_memo = None  # weights stored again, plans read from the file
         out, cache = cached_steps(model, seq, memory, memory_mask, 3, True)

@@ -254,7 +254,7 @@ def test_gelu_matches_torch_exact_gelu():
 PORTABLE_CHECK = """
 import numpy as np, torch
 from musicgen import kernels as K
-from musicgen.kernel_plans import candidates
+from musicgen.kernel_plans import AHEADS, candidates
 assert (K.PANEL, K.ROW_BLOCK) == (16, 4), (K.PANEL, K.ROW_BLOCK)
 g = torch.Generator().manual_seed(0)
 for weights in K.WEIGHT_TYPES:
@@ -265,11 +265,12 @@ for weights in K.WEIGHT_TYPES:
         out = K.matmul(x.numpy(), packed)
         want = x @ K.dequantize(data, scale).T
         assert torch.allclose(torch.from_numpy(out), want, atol=1e-4), (weights, rows)
-        for method, k_block, row_block in candidates(packed, rows, threads=2):
+        for method, k_block, row_block, _ in candidates(packed, rows, threads=2):
             if method != K.BLAS:  # every block plan of this layout, 6-row blocks included
-                other = np.empty_like(out)
-                K._matmul(x.numpy(), packed, other, k_block, row_block)
-                assert np.array_equal(other, out), (weights, rows, k_block, row_block)
+                for ahead in AHEADS:
+                    other = np.empty_like(out)
+                    K._matmul(x.numpy(), packed, other, k_block, row_block, ahead)
+                    assert np.array_equal(other, out), (weights, rows, k_block, row_block, ahead)
 print("portable layout ok")
 """
 
