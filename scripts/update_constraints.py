@@ -1,8 +1,8 @@
 """Writes requirements/constraints.txt: the exact version of every package the project installs.
 
 The list is this environment's ``pip freeze``, kept to the dependency closure of the project's
-requirements in ``pyproject.toml`` and those of the extras named on the command line (``dev``, ``s3`` and
-``ssh`` by default: the tests and the DVC remotes): their requirements, theirs, and so on, with
+requirements in ``pyproject.toml`` and those of the extras named on the command line (``dev``, ``s3``,
+``ssh`` and ``s3-test`` by default: the tests and the DVC remotes): their requirements, theirs, and so on, with
 environment markers evaluated here. torch is pinned by version without its local build label (``2.13.0``, not ``2.13.0+cpu``), so that pip takes the CPU or the
 CUDA wheel of that version from whichever index it is given; the CUDA runtime packages torch pulls
 in on Linux (``nvidia-*``, ``triton``) are left for torch to choose.
@@ -85,7 +85,10 @@ def constraint(name: str, version: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--extras", nargs="*", default=["dev", "s3", "ssh"], help="extras of the project to include"
+        "--extras",
+        nargs="*",
+        default=["dev", "s3", "ssh", "s3-test"],
+        help="extras of the project to include",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "requirements/constraints.txt")
     args = ap.parse_args()

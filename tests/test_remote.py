@@ -5,8 +5,9 @@ that ran it is a git clone of it that uses its DVC cache: it sets a remote, comm
 config, ``git push`` es to a bare repository (the team's git server) and ``dvc push`` es. A teammate
 clones that, ``dvc pull`` s, and must find the run complete: ``dvc status`` clean, ``dvc repro``
 running no stage, every output byte for byte the run's, ``musicgen generate --model .`` working.
-The remotes: a directory (a NAS mount), and SSH through OpenSSH's sshd started by the test on a
-free port with generated keys (tests/remote_servers.py), whose push is killed mid-transfer.
+The remotes: a directory (a NAS mount), SSH through OpenSSH's sshd started by the test on a free
+port with generated keys (tests/remote_servers.py), whose push is killed mid-transfer, and S3
+through moto's S3 server, with an endpoint URL as for MinIO or Ceph.
 """
 
 import hashlib
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from pipeline_repo import ran_stages, restore_baseline, run
-from remote_servers import SSHD, SshServer, Throttle
+from remote_servers import S3_BUCKET, S3_CREDENTIALS, SSHD, S3Server, SshServer, Throttle
 from ruamel.yaml import YAML
 
 REMOTE = "storage"
@@ -224,6 +225,54 @@ def test_an_ssh_push_killed_mid_transfer_resumes_to_a_consistent_remote(pipeline
         server.kill()
 
 
+@pytest.mark.slow
+def test_a_run_pushed_to_an_s3_remote_is_pulled_complete(pipeline_repo, tmp_path):
+    """The README's S3 lines against moto's S3 server (a real HTTP endpoint on localhost): the
+    remote ``s3://bucket/path`` with its ``endpointurl`` (as for MinIO or Ceph) and keys; the push
+    stores one object per cached file under the path, and a fresh clone pulls the run whole."""
+    require_module("moto", "moto_server")
+    require_module("dvc_s3", "dvc-s3")
+    (tmp_path / "s3").mkdir()
+    server = S3Server(tmp_path / "s3").start()
+    try:
+        keys = {
+            "endpointurl": server.endpoint,
+            "access_key_id": S3_CREDENTIALS["aws_access_key_id"],
+            "secret_access_key": S3_CREDENTIALS["aws_secret_access_key"],
+            "region": S3_CREDENTIALS["region_name"],
+        }
+        remote = Remote(f"s3://{S3_BUCKET}/runs/musicgen-dvc", keys)
+        origin, machine = first_machine(pipeline_repo, tmp_path, remote)
+        run(["dvc", "push"], machine)
+        assert "Cache and remote 'storage' are in sync" in run(["dvc", "status", "-c"], machine)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=server.endpoint, **S3_CREDENTIALS)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
+        names = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        assert names and all(n.startswith("runs/musicgen-dvc/files/md5/") for n in names)
+        clone = teammate(origin, tmp_path / "teammate", remote)
+        assert_complete(clone, pipeline_repo / ".dvc" / "cache")
+    finally:
+        server.kill()
+
+
+def require_module(module: str, package: str) -> None:
+    """A Python module of a test extra, or a skip (a failure under CI, which installs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        hint = "pip install -c requirements/constraints.txt -e .[s3-test]"
+        skip_or_fail(f"needs {package} ({hint})")
+
+
+def skip_or_fail(message: str) -> None:
+    """A skip where a test's server or plugin is missing; a failure under CI, which installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_sshd() -> None:
     """sshd and dvc-ssh, or a skip (a failure under CI, whose .ci/run installs them)."""
     import importlib.util
@@ -237,12 +286,8 @@ def require_sshd() -> None:
         if not there
     ]
     if missing:
-        message = (
-            f"needs {', '.join(missing)} (apt-get install openssh-server; pip install -e .[dev])"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        hint = "apt-get install openssh-server; pip install -e .[dev]"
+        skip_or_fail(f"needs {', '.join(missing)} ({hint})")
 
 
 def wait_for_partial_upload(store: Path, push: subprocess.Popen, timeout_s: float = 60) -> Path:
