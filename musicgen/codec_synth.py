@@ -299,7 +299,10 @@ def fit_decoder(cfg: SpectralCodecConfig, audio: np.ndarray, quantised: np.ndarr
     penalty = cfg.ridge * np.trace(xtx) / (d + 1) * np.eye(d + 1)
     penalty[d, d] = 0.0  # the bias is not shrunk
     weights = np.linalg.solve(xtx + penalty, xty)
-    return (np.rint(weights * _WEIGHT_GRID) / _WEIGHT_GRID).astype(np.float32)
+    # + 0.0: the solve's last bits follow the BLAS kernel (OpenBLAS picks one per CPU), so a weight
+    # within a rounding of zero comes out -0.0 on one CPU and 0.0 on another: the same value,
+    # other bytes in the saved codec
+    return (np.rint(weights * _WEIGHT_GRID) / _WEIGHT_GRID + 0.0).astype(np.float32)
 
 
 def _interpolate_frames(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The training data are the same bytes on every CPU: the small data stages (text_model,
 codec_model, tokenize, encode_text) run natively and under every instruction set this CPU can
 select in each numerical library (ATen's kernels, oneDNN's convolutions, MKL's code path, numba's
-target; :mod:`isa_runs`), and other thread counts, and their codecs, tokens, text models and text
+target, numpy's loops, the kernels of numpy's OpenBLAS; :mod:`isa_runs`), and other thread counts, and their codecs, tokens, text models and text
 states are compared byte for byte. The metrics of a whole run are within a tolerance of the
 reference (``tests/reference_metrics.py``; the small run is compared with its reference in
 tests/test_pipeline.py, which shares that module's run); here the tolerance itself, and the small
@@ -131,20 +131,42 @@ def test_the_text_states_are_the_same_bytes_under_every_instruction_set(isa_outp
 @pytest.mark.slow
 def test_each_run_reached_the_kernels_it_asked_for(isa_outputs):
     """Each library ran at the level its variable asked for (a value it ignored would compare
-    the native kernels with themselves): ATen's and numba's own word, the thread count, and the
-    ISA of any oneDNN convolution the stages ran (its fp32 kernels: SSE4.1, AVX, AVX2, AVX-512)."""
+    the native kernels with themselves): ATen's, numba's and OpenBLAS's own word, numpy's targets,
+    the thread count, and the ISA of any oneDNN convolution the stages ran (its fp32 kernels:
+    SSE4.1, AVX, AVX2, AVX-512)."""
     kernel_isa = {"SSE41": "sse41", "AVX": "avx", "AVX2": "avx2", "AVX2_VNNI": "avx2"}
     for r in isa_outputs[1:]:
         kernels = r.kernels
         assert kernels["aten"].lower() == r.env["ATEN_CPU_CAPABILITY"]
         assert kernels["torch_threads"] == int(r.env["OMP_NUM_THREADS"])
         assert kernels["numba_cpu"] == r.env["NUMBA_CPU_NAME"] and kernels["numba_features"] == ""
+        if isa_outputs[0].kernels["openblas"] is not None:  # numpy carries an OpenBLAS
+            assert kernels["openblas"] == r.env["OPENBLAS_CORETYPE"], r.env
+        off = r.env.get("NPY_DISABLE_CPU_FEATURES", "").split()
+        assert not set(off) & set(kernels["numpy_targets"]), r.env
         if "ONEDNN_MAX_CPU_ISA" in r.env:
             primitives = onednn_used(r.log)
             jit = {p.rsplit(":", 1)[1] for p in primitives if p.startswith("convolution:jit")}
             level = r.env["ONEDNN_MAX_CPU_ISA"]
             # the tiny codec of codec_synth runs no convolution; one that does must be at the level
             assert jit <= {kernel_isa.get(level, "avx512_core")}, f"{r.env}: {primitives}"
+
+
+def test_an_avx2_cpu_runs_haswell_kernels_in_every_library():
+    """The AVX2 generation (Haswell to Zen 3) asks each library for its AVX2 level, OpenBLAS's
+    Haswell kernels among them, and switches off numpy's AVX-512 targets where numpy has them."""
+    flags = {"sse4_1", "sse4_2", "avx", "avx2", "fma", "bmi2"}
+    runs = isa_runs(flags, numpy_found=["X86_V3", "X86_V4", "AVX512_ICL"])
+    assert [r["OPENBLAS_CORETYPE"] for r in runs] == ["Nehalem", "Sandybridge", "Haswell"]
+    assert [r["NPY_DISABLE_CPU_FEATURES"] for r in runs] == [
+        "X86_V3 X86_V4 AVX512_ICL",
+        "X86_V3 X86_V4 AVX512_ICL",
+        "X86_V4 AVX512_ICL",
+    ]
+    assert runs[2]["ATEN_CPU_CAPABILITY"] == "avx2" and runs[2]["NUMBA_CPU_NAME"] == "x86-64-v3"
+    # a numpy without those targets (or an older one, other names): nothing of numpy's to switch
+    assert all("NPY_DISABLE_CPU_FEATURES" not in r for r in isa_runs(flags, numpy_found=[]))
+    assert {r["OPENBLAS_NUM_THREADS"] for r in runs} == {"1", "2", "3"}
 
 
 def other_cpu() -> dict[str, str]:
