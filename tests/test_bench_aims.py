@@ -22,6 +22,22 @@ ZEN5 = [
     Row("small", 4, "bf16", 30.6, 162.5, 24.1, 156.4),
 ]
 
+# README's Zen 4 rows (a later session, with the plans), with torch+BLAS
+ZEN4 = [
+    Row("seed1", 1, "fp32", 14.3, 50.8, 12.1, 42.7),
+    Row("seed1", 1, "bf16", 8.9, 50.8, 6.1, 42.7),
+    Row("seed1", 4, "fp32", 18.7, 60.5, 12.6, 53.1),
+    Row("seed1", 4, "bf16", 17.3, 60.5, 12.2, 53.1),
+    Row("seed1", 16, "fp32", 60.6, 124.5, 49.2, 105.6),
+    Row("seed1", 16, "bf16", 64.2, 124.5, 49.2, 105.6),
+    Row("small", 1, "fp32", 50.5, 207.6, 47.1, 179.0),
+    Row("small", 1, "bf16", 30.1, 207.6, 23.8, 179.0),
+    Row("small", 4, "fp32", 74.1, 230.3, 48.6, 224.0),
+    Row("small", 4, "bf16", 66.5, 230.3, 48.5, 224.0),
+    Row("small", 16, "fp32", 235.2, 452.5, 196.4, 437.2),
+    Row("small", 16, "bf16", 252.3, 452.5, 196.4, 437.2),
+]
+
 
 def test_the_rows_filed_in_issue_19_miss_the_aims_it_names():
     lines = "\n".join(check_aims(ZEN3))
@@ -51,3 +67,14 @@ def test_rows_of_other_presets_are_not_held_to_the_aims():
     tiny = Row("tiny", 1, "fp32", 0.7, 2.1, 0.2, 1.1)  # overhead-bound: 3.8x its floor
     assert check_aims([tiny]) == ["  none: the aims are stated for seed1 and small"]
     assert check_aims([tiny, *ZEN5]) == check_aims(ZEN5)
+
+
+def test_the_zen4_rows_give_the_verdict_that_run_printed():
+    assert check_aims(ZEN4) == [
+        "  fp32 at batch 1: ours <= 1.15x floor: 1 of 2 rows, MISSED by seed1 b1 fp32",
+        "  batch 4 and more: HF fp32 / ours >= 2.0x: 5 of 8 rows, MISSED by seed1 b16 bf16, "
+        "small b16 fp32, small b16 bf16",
+        "  batch 4 and more: ours <= 1.5x floor: 7 of 8 rows, MISSED by small b4 fp32",
+        "  bf16 at batch 1: HF fp32 / ours >= 2.0x: 2 of 2 rows, met",
+        "  every row: ours no slower than torch+BLAS: 12 of 12 rows, met",
+    ]
