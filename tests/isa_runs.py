@@ -4,10 +4,11 @@ ATen (``ATEN_CPU_CAPABILITY``), oneDNN (``ONEDNN_MAX_CPU_ISA``), MKL (``MKL_ENAB
 ``MKL_CBWR``), numba (``NUMBA_CPU_NAME`` with ``NUMBA_CPU_FEATURES``), numpy's own loops
 (``NPY_DISABLE_CPU_FEATURES``), the OpenBLAS numpy carries (``OPENBLAS_CORETYPE``: it picks its
 kernels per CPU, Haswell's on an AMD Zen 5, SkylakeX's on an Intel Xeon with AVX-512) and the
-thread count read their choice once, at import, so each choice needs a fresh process: :func:`isa_runs` lists the
-environments that reach every level of each library this CPU has, and running this file as a
-script runs text_model, codec_model, tokenize and encode_text in one of them (the functions the
-stage scripts call) and writes what each library used to ``<out>/kernels.json``.
+thread count read their choice once, at import, so each choice needs a fresh process:
+:func:`isa_runs` lists the environments that reach every level of each library this CPU has, and
+running this file as a script runs text_model, codec_model, tokenize and encode_text in one of
+them (the functions the stage scripts call) and writes what each library used to
+``<out>/kernels.json``.
 
     python3 tests/isa_runs.py --data <folder with data/raw, data/audio, data/split> --out <folder>
 
@@ -131,10 +132,10 @@ def isa_runs(flags: set[str], numpy_found: list[str] | None = None) -> list[dict
         if off := [t for t in lacks if t in found]:
             env["NPY_DISABLE_CPU_FEATURES"] = " ".join(off)
         runs.append(env)
-    if not tiers:
-        runs = [{"ATEN_CPU_CAPABILITY": "default", "NUMBA_CPU_NAME": "generic"} for _ in range(2)]
     if tiers:
         runs[0]["MKL_CBWR"] = "COMPATIBLE"
+    else:
+        runs = [{"ATEN_CPU_CAPABILITY": "default", "NUMBA_CPU_NAME": "generic"} for _ in range(2)]
     for i, env in enumerate(runs):
         threads = str(THREADS[i % len(THREADS)])
         env.update(

@@ -3,11 +3,11 @@
 The training data are the same bytes on every CPU: the small data stages (text_model,
 codec_model, tokenize, encode_text) run natively and under every instruction set this CPU can
 select in each numerical library (ATen's kernels, oneDNN's convolutions, MKL's code path, numba's
-target, numpy's loops, the kernels of numpy's OpenBLAS; :mod:`isa_runs`), and other thread counts, and their codecs, tokens, text models and text
-states are compared byte for byte. The metrics of a whole run are within a tolerance of the
-reference (``tests/reference_metrics.py``; the small run is compared with its reference in
-tests/test_pipeline.py, which shares that module's run); here the tolerance itself, and the small
-run under another CPU's instruction sets.
+target, numpy's loops, the kernels of numpy's OpenBLAS; :mod:`isa_runs`), and other thread
+counts, and their codecs, tokens, text models and text states are compared byte for byte. The
+metrics of a whole run are within a tolerance of the reference (``tests/reference_metrics.py``;
+the small run is compared with its reference in tests/test_pipeline.py, which shares that
+module's run); here the tolerance itself, and the small run under another CPU's instruction sets.
 """
 
 import json
